@@ -1,0 +1,120 @@
+//! The command line: argument parsing, logging set-up and dispatch to the subcommands.
+//!
+//! Each subcommand is one variant of [`Command`] and one `run_*` function; later features (`complete`,
+//! `tokenize`, `generate`, `models`, `bench`, `docstring`, `edit`) add theirs the same way.
+
+use std::io::IsTerminal;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::lsp::{ClientLogLayer, ClientLogReceiver};
+
+const EXAMPLES: &str = "\
+Examples:
+  codellama-lsp                      Run the language server on stdin/stdout (what editors do)
+  codellama-lsp serve --stdio        The same, spelled out
+  codellama-lsp --log-level debug    Run the server with detailed logs on stderr
+  RUST_LOG=codellama_lsp=trace codellama-lsp
+                                     Fine-grained log filters (see tracing-subscriber's EnvFilter)
+
+Logs go to stderr and, while serving, to the editor's output panel (window/logMessage);
+stdout carries only LSP messages.";
+
+/// A language server that runs Code Llama on your machine: inline completions, docstrings and
+/// chat edits for any LSP editor, with nothing sent over the network.
+#[derive(Debug, Parser)]
+#[command(name = "codellama-lsp", version, after_help = EXAMPLES)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    /// Log verbosity on stderr (overrides RUST_LOG).
+    #[arg(long, global = true, value_enum, value_name = "LEVEL")]
+    pub log_level: Option<LogLevel>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    /// Options for running the server when no subcommand is given.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the language server (the default when no subcommand is given).
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Speak LSP on stdin/stdout. This is the only transport, so the flag is optional; editors
+    /// (vscode-languageclient among them) pass it anyway.
+    #[arg(long)]
+    pub stdio: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    fn as_filter(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Warn => "warn",
+            Self::Info => "info",
+            Self::Debug => "debug",
+            Self::Trace => "trace",
+        }
+    }
+}
+
+/// Parses the command line, runs the chosen command and returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let client_log = init_logging(cli.log_level);
+    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(_) => run_serve(client_log),
+    }
+}
+
+/// Logs go to stderr (never stdout: it carries LSP frames) and, while serving, to the editor.
+/// `--log-level` wins over `RUST_LOG`; with neither, `info`.
+fn init_logging(level: Option<LogLevel>) -> ClientLogReceiver {
+    let filter = match level {
+        Some(level) => EnvFilter::new(level.as_filter()),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let (client_layer, receiver) = ClientLogLayer::new();
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = tracing_subscriber::registry()
+        .with(stderr.and_then(client_layer).with_filter(filter))
+        .try_init();
+    receiver
+}
+
+fn run_serve(client_log: ClientLogReceiver) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("codellama-lsp: could not start the async runtime: {error}");
+            return 1;
+        }
+    };
+    runtime.block_on(crate::lsp::serve_stdio(client_log))
+    // The runtime is not dropped gracefully on purpose: tokio's stdin reader sits in a blocking
+    // read that only the editor can end, so `main` exits the process instead of waiting for it.
+}

@@ -1,0 +1,12 @@
+//! codellama-lsp: a language server that keeps a quantized Code Llama on the local machine.
+//!
+//! See ARCHITECTURE.md for the map. The short version: `lsp` is a thin protocol layer over a pure,
+//! IO-free core (`document`, `session`), and `cli` is the entry point.
+
+pub mod cli;
+pub mod document;
+pub mod lsp;
+pub mod session;
+
+/// This build's version, as reported by `--version` and `serverInfo`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,111 @@
+//! The server's state between messages: open documents, the negotiated encoding and the lifecycle.
+//!
+//! Plain Rust values only (documents are keyed by their URI string); the protocol layer converts.
+//! The lock is only ever held for short, synchronous work and never across an `.await`, so the
+//! text-sync path (which runs on the reader, in arrival order) cannot be stalled by a slow request.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::document::{Document, PositionEncoding, TextChange};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionError {
+    #[error("document {0} is not open (send textDocument/didOpen first)")]
+    NotOpen(String),
+}
+
+#[derive(Default)]
+struct State {
+    encoding: PositionEncoding,
+    documents: HashMap<String, Document>,
+    initialized: bool,
+    shutdown_requested: bool,
+}
+
+/// Shared by the protocol handlers and the transport; cheap to lock, never held across awaits.
+#[derive(Default)]
+pub struct Session {
+    state: Mutex<State>,
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave a document half-edited (edits are applied
+        // by ropey in one call), so a poisoned lock is still safe to use.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Records the outcome of `initialize`.
+    pub fn initialize(&self, encoding: PositionEncoding) {
+        let mut state = self.lock();
+        state.encoding = encoding;
+        state.initialized = true;
+    }
+
+    pub fn is_initialized(&self) -> bool {
+        self.lock().initialized
+    }
+
+    pub fn encoding(&self) -> PositionEncoding {
+        self.lock().encoding
+    }
+
+    pub fn request_shutdown(&self) {
+        self.lock().shutdown_requested = true;
+    }
+
+    pub fn shutdown_requested(&self) -> bool {
+        self.lock().shutdown_requested
+    }
+
+    /// Opens (or reopens, replacing the old text) a document.
+    pub fn open(&self, uri: String, document: Document) {
+        self.lock().documents.insert(uri, document);
+    }
+
+    /// Applies content changes to an open document in the negotiated encoding.
+    pub fn change(
+        &self,
+        uri: &str,
+        changes: &[TextChange],
+        version: i32,
+    ) -> Result<(), SessionError> {
+        let mut state = self.lock();
+        let encoding = state.encoding;
+        let document = state
+            .documents
+            .get_mut(uri)
+            .ok_or_else(|| SessionError::NotOpen(uri.to_owned()))?;
+        document.apply_changes(changes, version, encoding);
+        Ok(())
+    }
+
+    pub fn close(&self, uri: &str) -> Result<(), SessionError> {
+        self.lock()
+            .documents
+            .remove(uri)
+            .map(drop)
+            .ok_or_else(|| SessionError::NotOpen(uri.to_owned()))
+    }
+
+    /// A snapshot of an open document: cloning a rope is O(1) and shares its chunks, so handlers
+    /// can work on it without holding the lock while later edits arrive.
+    pub fn snapshot(&self, uri: &str) -> Result<Document, SessionError> {
+        self.lock()
+            .documents
+            .get(uri)
+            .cloned()
+            .ok_or_else(|| SessionError::NotOpen(uri.to_owned()))
+    }
+
+    pub fn open_document_count(&self) -> usize {
+        self.lock().documents.len()
+    }
+}
