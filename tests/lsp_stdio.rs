@@ -268,6 +268,24 @@ fn malformed_input_gets_errors_and_the_server_keeps_serving() {
 }
 
 #[test]
+fn exit_right_behind_shutdown_exits_with_code_0() {
+    // Sent back to back, without waiting for the shutdown response, as some clients do.
+    let (mut client, _) = LspClient::initialized(json!({}));
+    client.request("shutdown", Value::Null);
+    client.notify("exit", Value::Null);
+    assert_eq!(client.wait_exit().code(), Some(0));
+}
+
+#[test]
+fn shutdown_before_initialize_is_refused_and_exit_then_gives_1() {
+    let mut client = LspClient::spawn(&[]);
+    let response = client.call("shutdown", Value::Null);
+    assert_eq!(error_code(&response), Some(-32002));
+    client.notify("exit", Value::Null);
+    assert_eq!(client.wait_exit().code(), Some(1));
+}
+
+#[test]
 fn exit_without_shutdown_exits_with_code_1() {
     let (mut client, _) = LspClient::initialized(json!({}));
     client.notify("exit", Value::Null);

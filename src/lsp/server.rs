@@ -115,7 +115,7 @@ impl LanguageServer for Backend {
     }
 
     async fn shutdown(&self) -> Result<()> {
-        self.session.request_shutdown();
+        // The transport has already recorded it (in arrival order, see transport.rs).
         Ok(())
     }
 

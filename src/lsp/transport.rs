@@ -306,6 +306,11 @@ where
         {
             break Ending::Exit;
         }
+        // Lifecycle flags are set here, in arrival order, like text sync: an `exit` sent right
+        // behind `shutdown` must see it even if the shutdown handler has not run yet.
+        if request.method() == "shutdown" && session.is_initialized() {
+            session.request_shutdown();
+        }
         let is_exit = request.method() == "exit";
         let id = request.id().cloned();
         let handler = AssertUnwindSafe(service.call(request)).catch_unwind();
