@@ -6,7 +6,11 @@
 pub mod cli;
 pub mod document;
 pub mod lsp;
+pub mod model;
 pub mod session;
+
+#[cfg(test)]
+mod test_support;
 
 /// This build's version, as reported by `--version` and `serverInfo`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -2,8 +2,8 @@
 
 mod support;
 
-use serde_json::{json, Value};
-use support::{error_code, LspClient};
+use serde_json::{Value, json};
+use support::{LspClient, error_code};
 
 const URI: &str = "file:///work/demo.rs";
 
@@ -171,10 +171,12 @@ fn inline_completion_answers_an_empty_list_and_rejects_unknown_documents() {
         params("file:///nowhere.rs"),
     );
     assert_eq!(error_code(&response), Some(-32602));
-    assert!(response["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("not open"));
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not open")
+    );
     let response = client.call(
         "textDocument/completion",
         json!({"textDocument": {"uri": URI}, "position": {"line": 1, "character": 4}}),
@@ -231,10 +233,12 @@ fn cancellation_yields_one_answer_per_request_and_the_server_stays_up() {
             "{response}"
         );
     }
-    assert!(client
-        .backlog
-        .iter()
-        .all(|m| m.get("id") != Some(&json!(9999))));
+    assert!(
+        client
+            .backlog
+            .iter()
+            .all(|m| m.get("id") != Some(&json!(9999)))
+    );
     assert_eq!(client.document(URI)["text"], "fn main() {}\n");
     assert!(client.shutdown().success());
 }

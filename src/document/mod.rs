@@ -5,7 +5,7 @@
 
 mod position;
 
-pub use position::{char_index, position_of, Position, PositionEncoding, Range};
+pub use position::{Position, PositionEncoding, Range, char_index, position_of};
 
 use ropey::Rope;
 
@@ -95,7 +95,7 @@ impl Document {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use PositionEncoding::{Utf16, Utf8};
+    use PositionEncoding::{Utf8, Utf16};
 
     fn edit(line: u32, col: u32, end_line: u32, end_col: u32, text: &str) -> TextChange {
         TextChange {

@@ -108,7 +108,7 @@ fn saturating_u32(value: usize) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use PositionEncoding::{Utf16, Utf8};
+    use PositionEncoding::{Utf8, Utf16};
 
     fn at(text: &str, line: u32, character: u32, encoding: PositionEncoding) -> usize {
         char_index(

@@ -8,12 +8,12 @@
 use std::fmt::Write as _;
 
 use tokio::sync::mpsc;
-use tower_lsp_server::ls_types::MessageType;
 use tower_lsp_server::Client;
+use tower_lsp_server::ls_types::MessageType;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::layer::Context;
 use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
 
 type LogLine = (MessageType, String);
 

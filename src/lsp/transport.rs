@@ -94,7 +94,7 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
             None => {
                 return Ok(Some(Frame::Malformed(
                     "missing Content-Length header".into(),
-                )))
+                )));
             }
             Some(Err(problem)) => return Ok(Some(Frame::Malformed(problem))),
             Some(Ok(length)) => length,
@@ -169,7 +169,7 @@ pub fn classify(body: &[u8]) -> Incoming {
                 Id::Null,
                 ErrorCode::ParseError,
                 format!("invalid JSON: {error}"),
-            ))
+            ));
         }
     };
     let Value::Object(object) = &value else {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// How long any single wait may take before the test fails with the server's stderr.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
@@ -307,4 +307,24 @@ fn read_frames(
 /// The error code of a response, if it is an error.
 pub fn error_code(response: &Value) -> Option<i64> {
     response.get("error")?.get("code")?.as_i64()
+}
+
+/// A file from `../shared/fixtures` (or `$CODELLAMA_SHARED_FIXTURES`), or `None` after printing
+/// why the calling test skips (the folder is absent on a user's fresh clone).
+pub fn shared_fixture(name: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("CODELLAMA_SHARED_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures")
+        });
+    let path = dir.join(name);
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: {} not found (../shared/fixtures is absent)",
+            path.display()
+        );
+        None
+    }
 }

@@ -1,0 +1,412 @@
+//! The llama forward pass over quantized GGUF weights, with our own KV cache.
+//!
+//! Weights stay in their GGUF quantization and go through candle's quantized matmuls. Unlike
+//! candle-transformers' `quantized_llama` (kept as the parity reference in tests), this model
+//! writes keys and values into a preallocated cache instead of concatenating, can be rewound to
+//! any prefix, evaluates prompts in chunks, and can return logits for every position.
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
+use candle_core::{D, DType, Device, Module, Tensor};
+
+use super::ModelError;
+use super::config::LlamaConfig;
+use super::gguf::{GgmlType, GgufFile};
+use super::kv_cache::KvCache;
+
+struct Layer {
+    attention_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+/// Precomputed RoPE rotations for positions `0..cos.dim(0)`, `[positions, rope_dim / 2]` each.
+struct Rotations {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    embeddings: Arc<QTensor>,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    output: QMatMul,
+    rotations: Rotations,
+    /// The largest position count this instance supports (RoPE tables and cache capacity).
+    max_positions: usize,
+}
+
+/// Reads tensors from a memory-mapped GGUF file whose header has already been validated.
+struct TensorSource<'a> {
+    gguf: &'a GgufFile,
+    bytes: &'a [u8],
+    device: &'a Device,
+}
+
+impl TensorSource<'_> {
+    fn qtensor(&self, name: &str) -> Result<QTensor, ModelError> {
+        let file = self.gguf.file_name();
+        let info = self.gguf.tensor(name).ok_or_else(|| ModelError::Invalid {
+            file: file.to_owned(),
+            problem: format!("tensor '{name}' is missing"),
+        })?;
+        let dtype = candle_dtype(info.ggml_type).ok_or_else(|| ModelError::Invalid {
+            file: file.to_owned(),
+            problem: format!(
+                "tensor '{name}' uses {}, which candle cannot compute with (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K…Q6_K)",
+                info.ggml_type.name()
+            ),
+        })?;
+        let data = self
+            .gguf
+            .tensor_data(self.bytes, info)
+            .ok_or_else(|| ModelError::Invalid {
+                file: file.to_owned(),
+                problem: format!("tensor '{name}' lies outside the file"),
+            })?;
+        // GGUF lists the fastest-varying dimension first; candle wants it last.
+        let dims = info.dims.iter().rev().map(|&d| d as usize).collect();
+        qtensor_from_ggml(dtype, data, dims, self.device).map_err(|source| {
+            ModelError::candle(format!("{file}: loading tensor '{name}'"), source)
+        })
+    }
+
+    fn matmul(&self, name: &str) -> Result<QMatMul, ModelError> {
+        QMatMul::from_qtensor(self.qtensor(name)?)
+            .map_err(|source| ModelError::candle(format!("preparing '{name}'"), source))
+    }
+
+    fn vector(&self, name: &str, len: usize) -> Result<Tensor, ModelError> {
+        let tensor = self
+            .qtensor(name)?
+            .dequantize(self.device)
+            .map_err(|source| ModelError::candle(format!("dequantizing '{name}'"), source))?;
+        if tensor.dims() != [len] {
+            return Err(ModelError::Invalid {
+                file: self.gguf.file_name().to_owned(),
+                problem: format!(
+                    "tensor '{name}' has shape {:?}, expected [{len}]",
+                    tensor.dims()
+                ),
+            });
+        }
+        Ok(tensor)
+    }
+}
+
+fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
+    Some(match ggml_type {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::BF16 => GgmlDType::BF16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q2_K => GgmlDType::Q2K,
+        GgmlType::Q3_K => GgmlDType::Q3K,
+        GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q5_K => GgmlDType::Q5K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
+        _ => return None,
+    })
+}
+
+impl Llama {
+    /// Loads the model in `path` onto `device`, supporting up to `max_positions` positions
+    /// (clamped to the model's training context).
+    pub fn load(
+        path: &Path,
+        device: &Device,
+        max_positions: Option<usize>,
+    ) -> Result<(Self, GgufFile), ModelError> {
+        let gguf = GgufFile::read(path)?;
+        let config = LlamaConfig::from_gguf(&gguf)?;
+        let file = File::open(path).map_err(|source| ModelError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        // SAFETY: the map is read-only and lives only while loading (every tensor is copied into
+        // candle's storage). Replacing the model file — how updates and hot reload work — makes
+        // a new inode and leaves this mapping intact; truncating the file in place while we read
+        // it is the one thing that is not supported.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|source| ModelError::Io {
+            file: path.display().to_string(),
+            source,
+        })?;
+        let model = Self::from_gguf(&gguf, &map, config, device, max_positions)?;
+        Ok((model, gguf))
+    }
+
+    /// Builds the model from a validated header and the file's bytes.
+    pub fn from_gguf(
+        gguf: &GgufFile,
+        bytes: &[u8],
+        config: LlamaConfig,
+        device: &Device,
+        max_positions: Option<usize>,
+    ) -> Result<Self, ModelError> {
+        let source = TensorSource {
+            gguf,
+            bytes,
+            device,
+        };
+        let n_embd = config.embedding_length;
+        let embeddings = Arc::new(source.qtensor("token_embd.weight")?);
+        let output = if gguf.tensor("output.weight").is_some() {
+            source.matmul("output.weight")?
+        } else {
+            // Tied embeddings: the output projection reuses the embedding matrix.
+            QMatMul::from_arc(embeddings.clone())
+                .map_err(|error| ModelError::candle("tying output to embeddings", error))?
+        };
+        let mut layers = Vec::with_capacity(config.block_count);
+        for i in 0..config.block_count {
+            let name = |suffix: &str| format!("blk.{i}.{suffix}");
+            layers.push(Layer {
+                attention_norm: source.vector(&name("attn_norm.weight"), n_embd)?,
+                wq: source.matmul(&name("attn_q.weight"))?,
+                wk: source.matmul(&name("attn_k.weight"))?,
+                wv: source.matmul(&name("attn_v.weight"))?,
+                wo: source.matmul(&name("attn_output.weight"))?,
+                ffn_norm: source.vector(&name("ffn_norm.weight"), n_embd)?,
+                gate: source.matmul(&name("ffn_gate.weight"))?,
+                up: source.matmul(&name("ffn_up.weight"))?,
+                down: source.matmul(&name("ffn_down.weight"))?,
+            });
+        }
+        let norm = source.vector("output_norm.weight", n_embd)?;
+        let max_positions = max_positions
+            .unwrap_or(config.context_length)
+            .clamp(1, config.context_length);
+        let rotations = Rotations::new(&config, max_positions, device)
+            .map_err(|error| ModelError::candle("precomputing RoPE", error))?;
+        Ok(Self {
+            config,
+            device: device.clone(),
+            embeddings,
+            layers,
+            norm,
+            output,
+            rotations,
+            max_positions,
+        })
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_positions
+    }
+
+    /// A cache sized for this model's `max_positions`; F16 on GPUs (half the memory, fast
+    /// kernels), F32 on CPU (where candle's F16 matmul is slow).
+    pub fn new_cache(&self) -> Result<KvCache, ModelError> {
+        let dtype = if self.device.is_cpu() {
+            DType::F32
+        } else {
+            DType::F16
+        };
+        KvCache::new(&self.config, self.max_positions, dtype, &self.device)
+            .map_err(|error| ModelError::candle("allocating the KV cache", error))
+    }
+
+    /// Evaluates `tokens` at the positions following the cache's contents, appends them to the
+    /// cache and returns logits `[n, vocab]` (F32): for every token when `all_logits`, else for
+    /// the last one only.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        all_logits: bool,
+    ) -> Result<Tensor, ModelError> {
+        let start = cache.len();
+        let needed = start + tokens.len();
+        if needed > cache.capacity() || needed > self.max_positions {
+            return Err(ModelError::ContextFull {
+                needed,
+                capacity: cache.capacity().min(self.max_positions),
+            });
+        }
+        if tokens.is_empty() {
+            return Err(ModelError::Invalid {
+                file: String::new(),
+                problem: "forward needs at least one token".into(),
+            });
+        }
+        if let Some(&bad) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
+            return Err(ModelError::Invalid {
+                file: String::new(),
+                problem: format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.config.vocab_size
+                ),
+            });
+        }
+        let logits = self
+            .forward_inner(tokens, start, cache, all_logits)
+            .map_err(|error| ModelError::candle("forward pass", error))?;
+        cache.extend(tokens);
+        Ok(logits)
+    }
+
+    fn forward_inner(
+        &self,
+        tokens: &[u32],
+        start: usize,
+        cache: &KvCache,
+        all_logits: bool,
+    ) -> candle_core::Result<Tensor> {
+        let seq = tokens.len();
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embeddings.embedding(&ids)?.to_dtype(DType::F32)?;
+        let mask = (seq > 1)
+            .then(|| causal_mask(seq, start, &self.device))
+            .transpose()?;
+        let eps = self.config.rms_norm_eps as f32;
+        for (index, layer) in self.layers.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, eps)?;
+            let attention = self.attention(index, layer, &h, start, mask.as_ref(), cache)?;
+            x = (x + attention)?;
+            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
+            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
+            let ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            x = (x + ff)?;
+        }
+        let x = if all_logits {
+            x
+        } else {
+            x.narrow(0, seq - 1, 1)?
+        };
+        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    fn attention(
+        &self,
+        index: usize,
+        layer: &Layer,
+        x: &Tensor,
+        start: usize,
+        mask: Option<&Tensor>,
+        cache: &KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let c = &self.config;
+        let seq = x.dim(0)?;
+        let group = c.head_count / c.head_count_kv;
+        let heads = |projection: &QMatMul, count: usize| -> candle_core::Result<Tensor> {
+            projection
+                .forward(x)?
+                .reshape((1, seq, count, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = self
+            .rotations
+            .apply(&heads(&layer.wq, c.head_count)?, start, c)?;
+        let k = self
+            .rotations
+            .apply(&heads(&layer.wk, c.head_count_kv)?, start, c)?;
+        let v = heads(&layer.wv, c.head_count_kv)?;
+        cache.write(index, start, &k.squeeze(0)?, &v.squeeze(0)?)?;
+        let (keys, values) = cache.view(index, start + seq)?;
+        let (keys, values) = (keys.to_dtype(DType::F32)?, values.to_dtype(DType::F32)?);
+        // Grouped-query attention without copying keys: query head h uses key head h / group,
+        // so the `group` query heads of one key head are stacked as extra rows.
+        let q = q.reshape((c.head_count_kv, group * seq, c.head_dim))?;
+        let scale = 1.0 / (c.head_dim as f64).sqrt();
+        let scores = (q.matmul(&keys.t()?)? * scale)?;
+        let scores = match mask {
+            Some(mask) => scores
+                .reshape((c.head_count_kv, group, seq, start + seq))?
+                .broadcast_add(mask)?
+                .reshape((c.head_count_kv, group * seq, start + seq))?,
+            None => scores,
+        };
+        let weights = candle_nn::ops::softmax_last_dim(&scores)?;
+        let y = weights.matmul(&values)?;
+        let y = y
+            .reshape((c.head_count, seq, c.head_dim))?
+            .transpose(0, 1)?
+            .reshape((seq, c.embedding_length))?;
+        layer.wo.forward(&y)
+    }
+}
+
+/// Additive mask `[seq, start + seq]`: query `i` (at position `start + i`) sees keys `0..=start + i`.
+fn causal_mask(seq: usize, start: usize, device: &Device) -> candle_core::Result<Tensor> {
+    let total = start + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| {
+            (0..total).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (seq, total), device)
+}
+
+impl Rotations {
+    fn new(config: &LlamaConfig, positions: usize, device: &Device) -> candle_core::Result<Self> {
+        let half = config.rope_dimension_count / 2;
+        let base = f64::from(config.rope_freq_base);
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for position in 0..positions {
+            for i in 0..half {
+                let theta = base.powf(-2.0 * i as f64 / config.rope_dimension_count as f64);
+                let angle = position as f64 * theta;
+                cos.push(angle.cos() as f32);
+                sin.push(angle.sin() as f32);
+            }
+        }
+        Ok(Self {
+            cos: Tensor::from_vec(cos, (positions, half), device)?,
+            sin: Tensor::from_vec(sin, (positions, half), device)?,
+        })
+    }
+
+    /// Rotates adjacent pairs (GGUF llama weights are laid out for this "normal" RoPE) of the
+    /// first `rope_dimension_count` dims of `x` `[1, heads, seq, head_dim]`.
+    fn apply(&self, x: &Tensor, start: usize, config: &LlamaConfig) -> candle_core::Result<Tensor> {
+        let seq = x.dim(2)?;
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
+        let rope_dims = config.rope_dimension_count;
+        if rope_dims == config.head_dim {
+            return candle_nn::rotary_emb::rope_i(x, &cos, &sin);
+        }
+        let rotated = candle_nn::rotary_emb::rope_i(
+            &x.narrow(D::Minus1, 0, rope_dims)?.contiguous()?,
+            &cos,
+            &sin,
+        )?;
+        let rest = x.narrow(D::Minus1, rope_dims, config.head_dim - rope_dims)?;
+        Tensor::cat(&[&rotated, &rest], D::Minus1)?.contiguous()
+    }
+}

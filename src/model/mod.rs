@@ -1,0 +1,49 @@
+//! The model: GGUF files, the tokenizer, the llama forward pass with its KV cache, and sampling.
+//!
+//! Everything here is synchronous and owned by the engine's worker thread; nothing here knows
+//! about LSP or documents.
+
+mod config;
+pub mod gguf;
+mod kv_cache;
+mod llama;
+pub mod sampling;
+pub mod tokenizer;
+
+pub use config::LlamaConfig;
+pub use kv_cache::KvCache;
+pub use llama::Llama;
+
+/// Why a model could not be loaded or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Gguf(#[from] gguf::GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] tokenizer::TokenizerError),
+    #[error("{file}: cannot read file: {source}")]
+    Io {
+        file: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}{problem}", if file.is_empty() { String::new() } else { format!("{file}: ") })]
+    Invalid { file: String, problem: String },
+    #[error("{context}: {source}")]
+    Candle {
+        context: String,
+        #[source]
+        source: candle_core::Error,
+    },
+    #[error("{needed} tokens do not fit in the context of {capacity} tokens")]
+    ContextFull { needed: usize, capacity: usize },
+}
+
+impl ModelError {
+    pub(crate) fn candle(context: impl Into<String>, source: candle_core::Error) -> Self {
+        Self::Candle {
+            context: context.into(),
+            source,
+        }
+    }
+}
