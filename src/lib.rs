@@ -5,6 +5,8 @@
 
 pub mod cli;
 pub mod document;
+pub mod engine;
+pub mod fixtures;
 pub mod lsp;
 pub mod model;
 pub mod session;

@@ -123,3 +123,45 @@ fn the_context_limit_is_an_error_not_a_panic() {
         "{error}"
     );
 }
+
+fn own_fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+#[test]
+fn logits_match_quantized_llama_on_our_fixtures_with_gqa_and_k_quants() {
+    // Our fixtures add what the shared ones lack: grouped-query attention (2 query heads per key
+    // head), two layers, RoPE base 1e6, tied output weights, Q8_0 and Q4_K matrices.
+    let prompt = [
+        1, 455, 403, 408, 394, 278, 418, 280, 314, 13, 262, 460, 32007, 439,
+    ];
+    for variant in codellama_lsp::fixtures::Variant::ALL {
+        let path = own_fixture(variant.file_name());
+        let (model, _) = Llama::load(&path, &Device::Cpu, Some(256)).unwrap();
+        assert_eq!(model.config().head_count / model.config().head_count_kv, 2);
+        for len in [1, 3, prompt.len()] {
+            let mut cache = model.new_cache().unwrap();
+            let ours = last_row(&model.forward(&prompt[..len], &mut cache, false).unwrap());
+            let reference = reference_logits(&path, &prompt[..len]);
+            let diff = max_difference(&ours, &reference);
+            assert!(
+                diff < TOLERANCE,
+                "{variant:?}, {len} tokens: max |Δ| = {diff}"
+            );
+        }
+    }
+}
+
+#[test]
+fn committed_fixtures_equal_a_fresh_generation() {
+    for variant in codellama_lsp::fixtures::Variant::ALL {
+        let committed = std::fs::read(own_fixture(variant.file_name())).unwrap();
+        let fresh = codellama_lsp::fixtures::generate(variant).unwrap();
+        assert!(
+            committed == fresh,
+            "{variant:?}: run `cargo run -- fixtures` and commit the result"
+        );
+    }
+}

@@ -4,15 +4,20 @@
 //! about LSP or documents.
 
 mod config;
+pub mod device;
+pub mod generate;
 pub mod gguf;
 mod kv_cache;
 mod llama;
+mod loaded;
 pub mod sampling;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;
+pub use device::DeviceSpec;
 pub use kv_cache::KvCache;
 pub use llama::Llama;
+pub use loaded::{LoadedModel, tokenizer_for};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

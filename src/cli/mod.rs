@@ -1,7 +1,7 @@
 //! The command line: argument parsing, logging set-up and dispatch to the subcommands.
 //!
-//! Each subcommand is one variant of [`Command`] and one `run_*` function; later features (`complete`,
-//! `tokenize`, `generate`, `models`, `bench`, `docstring`, `edit`) add theirs the same way.
+//! Each subcommand is one variant of [`Command`] and one `run` function in a module of its own;
+//! later features (`complete`, `models`, `docstring`, `edit`) add theirs the same way.
 
 use std::io::IsTerminal;
 
@@ -12,10 +12,15 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 
+mod model_commands;
+
 const EXAMPLES: &str = "\
 Examples:
   codellama-lsp                      Run the language server on stdin/stdout (what editors do)
   codellama-lsp serve --stdio        The same, spelled out
+  echo 'def f():' | codellama-lsp tokenize --model model.gguf
+  codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
+  codellama-lsp bench --model model.gguf --json
   codellama-lsp --log-level debug    Run the server with detailed logs on stderr
   RUST_LOG=codellama_lsp=trace codellama-lsp
                                      Fine-grained log filters (see tracing-subscriber's EnvFilter)
@@ -45,6 +50,15 @@ pub struct Cli {
 pub enum Command {
     /// Run the language server (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Print the token ids of the UTF-8 text on stdin as one JSON array.
+    Tokenize(model_commands::TokenizeArgs),
+    /// Generate text from a prompt with a GGUF model.
+    Generate(model_commands::GenerateArgs),
+    /// Measure prefill and decode speed, the cost of a keystroke with and without KV reuse, and
+    /// peak memory.
+    Bench(model_commands::BenchArgs),
+    /// Write the project's tiny deterministic test models (for developers).
+    Fixtures(model_commands::FixturesArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -79,18 +93,32 @@ impl LogLevel {
 /// Parses the command line, runs the chosen command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
-    let client_log = init_logging(cli.log_level);
-    match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(_) => run_serve(client_log),
+    // The server logs at info by default (its stderr is the editor's log); commands whose output
+    // is the point stay quiet unless asked.
+    let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    let client_log = init_logging(cli.log_level, if serving { "info" } else { "warn" });
+    let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
+        Command::Serve(_) => return run_serve(client_log),
+        Command::Tokenize(args) => model_commands::tokenize(&args),
+        Command::Generate(args) => model_commands::generate(&args),
+        Command::Bench(args) => model_commands::bench(&args),
+        Command::Fixtures(args) => model_commands::fixtures(&args),
+    };
+    match outcome {
+        Ok(()) => 0,
+        Err(error) => {
+            eprintln!("codellama-lsp: error: {error:#}");
+            1
+        }
     }
 }
 
 /// Logs go to stderr (never stdout: it carries LSP frames) and, while serving, to the editor.
-/// `--log-level` wins over `RUST_LOG`; with neither, `info`.
-fn init_logging(level: Option<LogLevel>) -> ClientLogReceiver {
+/// `--log-level` wins over `RUST_LOG`; with neither, `default`.
+fn init_logging(level: Option<LogLevel>, default: &str) -> ClientLogReceiver {
     let filter = match level {
         Some(level) => EnvFilter::new(level.as_filter()),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
     };
     let (client_layer, receiver) = ClientLogLayer::new();
     let stderr = tracing_subscriber::fmt::layer()

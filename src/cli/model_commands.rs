@@ -1,0 +1,282 @@
+//! `tokenize`, `generate` and `bench`: the engine from the command line, for scripts and checks.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::model::generate::{GenerationRequest, generate as run_generation};
+use crate::model::gguf::GgufFile;
+use crate::model::sampling::{SamplingParams, argmax};
+use crate::model::{DeviceSpec, LoadedModel, tokenizer_for};
+
+#[derive(Debug, Args)]
+pub struct TokenizeArgs {
+    /// A GGUF model file (only its vocabulary is read).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Encode as a Code Llama infilling segment: no implicit leading space, no BOS.
+    #[arg(long)]
+    infill: bool,
+    /// Do not prepend the beginning-of-sequence token.
+    #[arg(long)]
+    no_bos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// A GGUF model file.
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// Where to run: auto, cpu, cuda, cuda:N or metal.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The prompt text (tokenized with BOS).
+    #[arg(long, conflicts_with = "ids", required_unless_present = "ids")]
+    prompt: Option<String>,
+    /// The prompt as comma-separated token ids, used as given.
+    #[arg(long, value_delimiter = ',', value_name = "ID,ID,...")]
+    ids: Option<Vec<u32>>,
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    max_tokens: usize,
+    /// 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    temperature: f32,
+    #[arg(long, default_value_t = 0, value_name = "S")]
+    seed: u64,
+    /// Print one JSON object (ids, text, timings) instead of streaming the text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn read_stdin() -> Result<String> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("stdin is not valid UTF-8 text")?;
+    Ok(text)
+}
+
+pub fn tokenize(args: &TokenizeArgs) -> Result<()> {
+    let gguf = GgufFile::read(&args.model)?;
+    let tokenizer = tokenizer_for(&gguf)?;
+    let text = read_stdin()?;
+    let ids = if args.infill {
+        tokenizer.encode_infilling(&text)
+    } else {
+        tokenizer.encode(&text, !args.no_bos)
+    };
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}
+
+fn load(args: &ModelArgs, max_positions: Option<usize>) -> Result<LoadedModel> {
+    let device = args.device.open()?;
+    let started = Instant::now();
+    let model = LoadedModel::load(&args.model, &device, max_positions)?;
+    tracing::info!(
+        "loaded {} on {} in {:.0} ms",
+        model.name,
+        crate::model::device::describe(&device),
+        started.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(model)
+}
+
+pub fn generate(args: &GenerateArgs) -> Result<()> {
+    let model = load(&args.model, None)?;
+    let prompt = match (&args.prompt, &args.ids) {
+        (Some(text), _) => model.tokenizer.encode(text, true),
+        (None, Some(ids)) => ids.clone(),
+        (None, None) => bail!("give --prompt TEXT or --ids 1,2,3"),
+    };
+    let vocab = model.tokenizer.vocab_size();
+    if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
+        bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+    }
+    let mut cache = model.llama.new_cache()?;
+    let request = GenerationRequest {
+        prompt,
+        max_new_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            seed: args.seed,
+            ..SamplingParams::default()
+        },
+        ..GenerationRequest::default()
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut stream = |text: &str| {
+        if !args.json {
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    };
+    let generation = run_generation(&model, &mut cache, &request, &|| false, &mut stream)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&generation)?);
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+/// A prompt of `len` tokens cut from realistic code, so the benchmark sees real token patterns.
+fn bench_prompt(model: &LoadedModel, len: usize) -> Vec<u32> {
+    const CODE: &str = "def merge_sorted(left: list[int], right: list[int]) -> list[int]:\n    \
+        result = []\n    i = j = 0\n    while i < len(left) and j < len(right):\n        \
+        if left[i] <= right[j]:\n            result.append(left[i])\n            i += 1\n        \
+        else:\n            result.append(right[j])\n            j += 1\n    \
+        return result + left[i:] + right[j:]\n\n";
+    let unit = model.tokenizer.encode(CODE, false);
+    let mut prompt = vec![model.tokenizer.bos_id()];
+    while prompt.len() < len {
+        prompt.extend_from_slice(&unit);
+    }
+    prompt.truncate(len);
+    prompt
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    const PREFILL: usize = 512;
+    const DECODE: usize = 128;
+    const KEYSTROKE: usize = 1500;
+    let model = load(&args.model, Some(KEYSTROKE + DECODE + 8))?;
+    if model.llama.max_positions() < KEYSTROKE + 1 {
+        bail!(
+            "the model's context ({} tokens) is too short for the {KEYSTROKE}-token keystroke benchmark",
+            model.llama.max_positions()
+        );
+    }
+    let llama = &model.llama;
+    let mut cache = llama.new_cache()?;
+    let seconds = |since: Instant| since.elapsed().as_secs_f64();
+
+    // Warm-up: first calls pay for allocations and weight repacking.
+    llama.forward(&bench_prompt(&model, 16), &mut cache, false)?;
+
+    cache.clear();
+    let prompt = bench_prompt(&model, PREFILL);
+    let started = Instant::now();
+    for chunk in prompt.chunks(crate::model::generate::PREFILL_CHUNK) {
+        llama.forward(chunk, &mut cache, false)?;
+    }
+    let prefill_s = seconds(started);
+
+    let mut logits = llama.forward(&[model.tokenizer.bos_id()], &mut cache, false)?;
+    let started = Instant::now();
+    for _ in 0..DECODE {
+        let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;
+        logits = llama.forward(&[argmax(&row)], &mut cache, false)?;
+    }
+    let decode_s = seconds(started);
+
+    // A keystroke: the previous prompt plus one token. Without reuse the whole prompt is
+    // evaluated again; with reuse only the new token is.
+    let long = bench_prompt(&model, KEYSTROKE + 1);
+    cache.clear();
+    let started = Instant::now();
+    for chunk in long.chunks(crate::model::generate::PREFILL_CHUNK) {
+        llama.forward(chunk, &mut cache, false)?;
+    }
+    let keystroke_cold_s = seconds(started);
+    cache.truncate(KEYSTROKE);
+    let started = Instant::now();
+    llama.forward(&long[KEYSTROKE..], &mut cache, false)?;
+    let keystroke_reuse_s = seconds(started);
+
+    let report = json!({
+        "model": model.name,
+        "path": model.path,
+        "device": crate::model::device::describe(llama.device()),
+        "prefill_tokens": PREFILL,
+        "prefill_tok_s": PREFILL as f64 / prefill_s,
+        "decode_tokens": DECODE,
+        "decode_tok_s": DECODE as f64 / decode_s,
+        "keystroke_prompt_tokens": KEYSTROKE + 1,
+        "keystroke_without_reuse_ms": keystroke_cold_s * 1000.0,
+        "keystroke_with_reuse_ms": keystroke_reuse_s * 1000.0,
+        "peak_rss_mib": peak_rss_mib(),
+    });
+    if args.json {
+        println!("{report}");
+    } else {
+        println!("model            {}", model.name);
+        println!(
+            "prefill          {:.1} tok/s ({PREFILL} tokens)",
+            PREFILL as f64 / prefill_s
+        );
+        println!(
+            "decode           {:.1} tok/s ({DECODE} tokens)",
+            DECODE as f64 / decode_s
+        );
+        println!(
+            "keystroke        {:.2} ms with KV reuse, {:.2} ms without ({} tokens)",
+            keystroke_reuse_s * 1000.0,
+            keystroke_cold_s * 1000.0,
+            KEYSTROKE + 1
+        );
+        if let Some(rss) = peak_rss_mib() {
+            println!("peak RSS         {rss:.0} MiB");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct FixturesArgs {
+    /// The folder to write into.
+    #[arg(long, default_value = "fixtures", value_name = "DIR")]
+    out: PathBuf,
+    /// Do not write: exit 1 unless the files there are byte-identical to freshly generated ones.
+    #[arg(long)]
+    check: bool,
+}
+
+pub fn fixtures(args: &FixturesArgs) -> Result<()> {
+    for variant in crate::fixtures::Variant::ALL {
+        let bytes = crate::fixtures::generate(variant).map_err(anyhow::Error::msg)?;
+        let path = args.out.join(variant.file_name());
+        if args.check {
+            let existing =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            if existing != bytes {
+                bail!(
+                    "{} differs from a fresh generation: run `codellama-lsp fixtures`",
+                    path.display()
+                );
+            }
+            println!("{}: up to date", path.display());
+        } else {
+            std::fs::create_dir_all(&args.out)?;
+            std::fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+            println!("{}: {} bytes", path.display(), bytes.len());
+        }
+    }
+    Ok(())
+}

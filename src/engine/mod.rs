@@ -1,0 +1,205 @@
+//! The engine: one worker thread owns the model and its KV cache; requests come in through a
+//! channel and stream their text back.
+//!
+//! The async side never blocks on inference: [`Engine::submit`] returns at once with a
+//! [`JobHandle`] whose events arrive on a tokio channel. A job stops within one token when its
+//! handle is cancelled or dropped (an LSP request cancelled by the client drops its future), or when
+//! a newer job with the same supersede key (e.g. the same document) is submitted.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use tokio::sync::mpsc as async_mpsc;
+
+use crate::model::generate::{FinishReason, Generation, GenerationRequest, generate};
+use crate::model::{KvCache, LoadedModel, ModelError};
+
+const RUNNING: u8 = 0;
+const CANCELLED: u8 = 1;
+const SUPERSEDED: u8 = 2;
+
+/// What a job reports, in order: zero or more `Text` pieces, then exactly one `Finished`.
+#[derive(Debug)]
+pub enum JobEvent {
+    Text(String),
+    Finished(Result<JobResult, String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct JobResult {
+    pub generation: Generation,
+    /// Why the job stopped early, when it was stopped from outside.
+    pub stopped_by: Option<StopCause>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopCause {
+    Cancelled,
+    Superseded,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct JobRequest {
+    pub generation: GenerationRequest,
+    /// A newer job with the same key stops this one (e.g. the document's URI for completions).
+    pub supersede_key: Option<String>,
+}
+
+/// The caller's end of a job. Dropping it cancels the job.
+pub struct JobHandle {
+    control: Arc<AtomicU8>,
+    pub events: async_mpsc::UnboundedReceiver<JobEvent>,
+}
+
+impl JobHandle {
+    pub fn cancel(&self) {
+        let _ =
+            self.control
+                .compare_exchange(RUNNING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst);
+    }
+
+    /// Waits for the job to finish, discarding streamed text.
+    pub async fn finish(mut self) -> Result<JobResult, String> {
+        while let Some(event) = self.events.recv().await {
+            if let JobEvent::Finished(result) = event {
+                return result;
+            }
+        }
+        Err("the engine stopped".into())
+    }
+
+    /// Blocking version of [`finish`](Self::finish), for the command line.
+    pub fn finish_blocking(mut self) -> Result<JobResult, String> {
+        while let Some(event) = self.events.blocking_recv() {
+            if let JobEvent::Finished(result) = event {
+                return result;
+            }
+        }
+        Err("the engine stopped".into())
+    }
+}
+
+impl Drop for JobHandle {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+struct Job {
+    request: GenerationRequest,
+    control: Arc<AtomicU8>,
+    events: async_mpsc::UnboundedSender<JobEvent>,
+}
+
+/// A cheap, cloneable handle to the worker thread.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: mpsc::Sender<Job>,
+    latest_by_key: Arc<Mutex<HashMap<String, Arc<AtomicU8>>>>,
+}
+
+impl Engine {
+    /// Starts the worker thread, which owns `model` and allocates its KV cache.
+    pub fn start(model: LoadedModel) -> Result<Self, ModelError> {
+        let cache = model.llama.new_cache()?;
+        let (jobs, queue) = mpsc::channel::<Job>();
+        thread::Builder::new()
+            .name("codellama-engine".into())
+            .spawn(move || worker(model, cache, queue))
+            .map_err(|source| ModelError::Io {
+                file: "engine thread".into(),
+                source,
+            })?;
+        Ok(Self {
+            jobs,
+            latest_by_key: Arc::default(),
+        })
+    }
+
+    pub fn submit(&self, request: JobRequest) -> JobHandle {
+        let control = Arc::new(AtomicU8::new(RUNNING));
+        if let Some(key) = request.supersede_key {
+            let mut latest = self.latest_by_key.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(previous) = latest.insert(key, control.clone()) {
+                let _ = previous.compare_exchange(
+                    RUNNING,
+                    SUPERSEDED,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            }
+        }
+        let (events, receiver) = async_mpsc::unbounded_channel();
+        let job = Job {
+            request: request.generation,
+            control: control.clone(),
+            events,
+        };
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            let _ = job
+                .events
+                .send(JobEvent::Finished(Err("the engine has stopped".into())));
+        }
+        JobHandle {
+            control,
+            events: receiver,
+        }
+    }
+}
+
+fn stop_cause(control: &AtomicU8) -> Option<StopCause> {
+    match control.load(Ordering::SeqCst) {
+        CANCELLED => Some(StopCause::Cancelled),
+        SUPERSEDED => Some(StopCause::Superseded),
+        _ => None,
+    }
+}
+
+fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
+    while let Ok(job) = queue.recv() {
+        // A job stopped while it waited in the queue costs nothing.
+        if let Some(cause) = stop_cause(&job.control) {
+            let generation = Generation {
+                ids: Vec::new(),
+                text: String::new(),
+                finish: FinishReason::Stopped,
+                prompt_tokens: job.request.prompt.len(),
+                reused_tokens: 0,
+                prefill_ms: 0.0,
+                decode_ms: 0.0,
+            };
+            let result = JobResult {
+                generation,
+                stopped_by: Some(cause),
+            };
+            let _ = job.events.send(JobEvent::Finished(Ok(result)));
+            continue;
+        }
+        let should_stop = || job.control.load(Ordering::SeqCst) != RUNNING;
+        let mut on_text = |text: &str| {
+            let _ = job.events.send(JobEvent::Text(text.to_owned()));
+        };
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            generate(&model, &mut cache, &job.request, &should_stop, &mut on_text)
+        }));
+        let result = match outcome {
+            Ok(Ok(generation)) => Ok(JobResult {
+                stopped_by: (generation.finish == FinishReason::Stopped)
+                    .then(|| stop_cause(&job.control))
+                    .flatten(),
+                generation,
+            }),
+            Ok(Err(error)) => Err(error.to_string()),
+            Err(_) => {
+                // The cache may hold half-written positions: start over rather than trust it.
+                cache.clear();
+                tracing::error!("the engine panicked during a generation; it keeps running");
+                Err("internal error in the engine (see the log)".into())
+            }
+        };
+        let _ = job.events.send(JobEvent::Finished(result));
+    }
+}

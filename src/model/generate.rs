@@ -1,0 +1,218 @@
+//! One generation: bring the KV cache to the prompt (reusing the longest common prefix,
+//! evaluating the rest in chunks), then sample until a stop condition, streaming text.
+//!
+//! Cancellation is cooperative: `should_stop` is asked between prefill chunks and between
+//! generated tokens, so a cancel takes effect within one token.
+
+use std::time::{Duration, Instant};
+
+use super::ModelError;
+use super::kv_cache::KvCache;
+use super::loaded::LoadedModel;
+use super::sampling::{Sampler, SamplingParams};
+
+/// Prompt tokens evaluated per forward call: large enough for efficient matmuls, small enough
+/// that a cancel during a long prefill is noticed quickly.
+pub const PREFILL_CHUNK: usize = 256;
+
+#[derive(Clone, Debug, Default)]
+pub struct GenerationRequest {
+    /// The whole prompt, as token ids (BOS included where the model wants it).
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// Text that ends the generation; it is not included in the output.
+    pub stop_strings: Vec<String>,
+    /// Return what is ready at this instant.
+    pub deadline: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence or end-of-text token.
+    EndOfText,
+    StopString,
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+    Deadline,
+    /// `should_stop` said so (a cancel or a newer request).
+    Stopped,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Generation {
+    /// Generated ids, prompt excluded (a stop token is not included).
+    pub ids: Vec<u32>,
+    pub text: String,
+    pub finish: FinishReason,
+    pub prompt_tokens: usize,
+    /// Prompt tokens that were already in the KV cache and not evaluated again.
+    pub reused_tokens: usize,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// Runs one generation. `on_text` receives text as it becomes final (never text that could still
+/// turn out to be part of a stop string, never half a UTF-8 character).
+pub fn generate(
+    model: &LoadedModel,
+    cache: &mut KvCache,
+    request: &GenerationRequest,
+    should_stop: &dyn Fn() -> bool,
+    on_text: &mut dyn FnMut(&str),
+) -> Result<Generation, ModelError> {
+    let start = Instant::now();
+    let prompt = &request.prompt;
+    if prompt.is_empty() {
+        return Err(ModelError::Invalid {
+            file: String::new(),
+            problem: "the prompt is empty".into(),
+        });
+    }
+    let capacity = cache.capacity().min(model.llama.max_positions());
+    if prompt.len() > capacity {
+        return Err(ModelError::ContextFull {
+            needed: prompt.len(),
+            capacity,
+        });
+    }
+    // Keep at least the last prompt token to evaluate: its logits are not cached.
+    let reused = cache.common_prefix(prompt).min(prompt.len() - 1);
+    cache.truncate(reused);
+    let mut generation = Generation {
+        ids: Vec::new(),
+        text: String::new(),
+        finish: FinishReason::MaxTokens,
+        prompt_tokens: prompt.len(),
+        reused_tokens: reused,
+        prefill_ms: 0.0,
+        decode_ms: 0.0,
+    };
+    let interrupted = |deadline: Option<Instant>| -> Option<FinishReason> {
+        if should_stop() {
+            Some(FinishReason::Stopped)
+        } else if deadline.is_some_and(|d| Instant::now() >= d) {
+            Some(FinishReason::Deadline)
+        } else {
+            None
+        }
+    };
+
+    let mut logits = None;
+    for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
+        if let Some(reason) = interrupted(request.deadline) {
+            generation.finish = reason;
+            generation.prefill_ms = millis(start.elapsed());
+            return Ok(generation);
+        }
+        logits = Some(model.llama.forward(chunk, cache, false)?);
+    }
+    let prefill_end = Instant::now();
+    generation.prefill_ms = millis(prefill_end - start);
+
+    let mut sampler = Sampler::new(request.sampling.clone());
+    let mut decoder = model.tokenizer.stream_decoder(false);
+    let mut history = prompt.clone();
+    let hold_back = request
+        .stop_strings
+        .iter()
+        .map(String::len)
+        .max()
+        .unwrap_or(1)
+        .saturating_sub(1);
+    let mut emitted = 0;
+    let finish = loop {
+        if generation.ids.len() >= request.max_new_tokens {
+            break FinishReason::MaxTokens;
+        }
+        let Some(current) = logits.take() else {
+            break FinishReason::MaxTokens;
+        };
+        let row = current
+            .squeeze(0)
+            .and_then(|row| row.to_vec1::<f32>())
+            .map_err(|error| ModelError::candle("reading logits", error))?;
+        let token = sampler.sample(&row, &history);
+        if model.stop_tokens.contains(&token) {
+            break FinishReason::EndOfText;
+        }
+        generation.ids.push(token);
+        history.push(token);
+        generation.text.push_str(&decoder.push(token));
+        if let Some(cut) = find_stop(&generation.text, &request.stop_strings, emitted) {
+            generation.text.truncate(cut);
+            break FinishReason::StopString;
+        }
+        let safe = floor_char_boundary(
+            &generation.text,
+            generation.text.len().saturating_sub(hold_back),
+        );
+        if safe > emitted {
+            on_text(&generation.text[emitted..safe]);
+            emitted = safe;
+        }
+        if generation.ids.len() >= request.max_new_tokens {
+            break FinishReason::MaxTokens;
+        }
+        if cache.len() >= capacity {
+            break FinishReason::ContextFull;
+        }
+        if let Some(reason) = interrupted(request.deadline) {
+            break reason;
+        }
+        logits = Some(model.llama.forward(&[token], cache, false)?);
+    };
+    if finish != FinishReason::StopString {
+        generation.text.push_str(&decoder.finish());
+        if let Some(cut) = find_stop(&generation.text, &request.stop_strings, emitted) {
+            generation.text.truncate(cut);
+        }
+    }
+    if generation.text.len() > emitted {
+        on_text(&generation.text[emitted..]);
+    }
+    generation.finish = finish;
+    generation.decode_ms = millis(prefill_end.elapsed());
+    Ok(generation)
+}
+
+/// The byte offset of the earliest stop string that ends after `from` (text before `from` was
+/// already checked and emitted; a stop string may start a little before it).
+fn find_stop(text: &str, stops: &[String], from: usize) -> Option<usize> {
+    stops
+        .iter()
+        .filter(|stop| !stop.is_empty())
+        .filter_map(|stop| {
+            let begin = floor_char_boundary(text, from.saturating_sub(stop.len()));
+            text[begin..].find(stop.as_str()).map(|at| begin + at)
+        })
+        .min()
+}
+
+fn floor_char_boundary(text: &str, mut index: usize) -> usize {
+    index = index.min(text.len());
+    while !text.is_char_boundary(index) {
+        index -= 1;
+    }
+    index
+}
+
+fn millis(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_strings_are_found_across_the_emitted_border() {
+        let stops = vec!["\n\n".to_owned(), "```".to_owned()];
+        assert_eq!(find_stop("abc\n\nd", &stops, 4), Some(3));
+        assert_eq!(find_stop("x = 1``", &stops, 0), None);
+        assert_eq!(find_stop("x = 1```", &stops, 7), Some(5));
+        assert_eq!(find_stop("é😀\n\n", &stops, 6), Some(6));
+    }
+}
