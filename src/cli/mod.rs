@@ -107,10 +107,24 @@ pub fn main() -> i32 {
     match outcome {
         Ok(()) => 0,
         Err(error) => {
-            eprintln!("codellama-lsp: error: {error:#}");
+            eprintln!("codellama-lsp: error: {}", describe(&error));
             1
         }
     }
+}
+
+/// The error and its causes on one line, skipping causes the message already quotes (our error
+/// types include their source's text in their own message).
+fn describe(error: &anyhow::Error) -> String {
+    let mut message = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 /// Logs go to stderr (never stdout: it carries LSP frames) and, while serving, to the editor.

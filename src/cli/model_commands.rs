@@ -102,12 +102,16 @@ fn load(args: &ModelArgs, max_positions: Option<usize>) -> Result<LoadedModel> {
 }
 
 pub fn generate(args: &GenerateArgs) -> Result<()> {
-    let model = load(&args.model, None)?;
     let prompt = match (&args.prompt, &args.ids) {
-        (Some(text), _) => model.tokenizer.encode(text, true),
+        (Some(text), _) => {
+            let gguf = GgufFile::read(&args.model.model)?;
+            tokenizer_for(&gguf)?.encode(text, true)
+        }
         (None, Some(ids)) => ids.clone(),
         (None, None) => bail!("give --prompt TEXT or --ids 1,2,3"),
     };
+    // Size the context (and the KV cache's memory) to this one run.
+    let model = load(&args.model, Some(prompt.len() + args.max_tokens))?;
     let vocab = model.tokenizer.vocab_size();
     if let Some(bad) = prompt.iter().find(|&&id| id as usize >= vocab) {
         bail!("token id {bad} is outside the model's vocabulary of {vocab}");

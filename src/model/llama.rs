@@ -17,6 +17,11 @@ use super::config::LlamaConfig;
 use super::gguf::{GgmlType, GgufFile};
 use super::kv_cache::KvCache;
 
+/// Positions supported when the caller does not say: the completion prompt budget's default.
+/// It bounds the RoPE tables and the KV cache (whose memory grows with it), so it stays modest
+/// even for models trained on 100k-token contexts.
+pub const DEFAULT_CONTEXT: usize = 4096;
+
 struct Layer {
     attention_norm: Tensor,
     wq: QMatMul,
@@ -82,7 +87,20 @@ impl TensorSource<'_> {
         })
     }
 
-    fn matmul(&self, name: &str) -> Result<QMatMul, ModelError> {
+    /// A weight matrix mapping `inputs` values to `outputs`; its shape is checked against the
+    /// configuration so that a file that contradicts itself fails here, not mid-generation.
+    fn matmul(&self, name: &str, inputs: usize, outputs: usize) -> Result<QMatMul, ModelError> {
+        if let Some(info) = self.gguf.tensor(name) {
+            if info.dims != [inputs as u64, outputs as u64] {
+                return Err(ModelError::Invalid {
+                    file: self.gguf.file_name().to_owned(),
+                    problem: format!(
+                        "tensor '{name}' has shape {:?}, but the metadata implies [{inputs}, {outputs}]",
+                        info.dims
+                    ),
+                });
+            }
+        }
         QMatMul::from_qtensor(self.qtensor(name)?)
             .map_err(|source| ModelError::candle(format!("preparing '{name}'"), source))
     }
@@ -126,7 +144,7 @@ fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
 
 impl Llama {
     /// Loads the model in `path` onto `device`, supporting up to `max_positions` positions
-    /// (clamped to the model's training context).
+    /// ([`DEFAULT_CONTEXT`] when `None`; clamped to the model's training context).
     pub fn load(
         path: &Path,
         device: &Device,
@@ -165,31 +183,34 @@ impl Llama {
         };
         let n_embd = config.embedding_length;
         let embeddings = Arc::new(source.qtensor("token_embd.weight")?);
+        let vocab = config.vocab_size;
         let output = if gguf.tensor("output.weight").is_some() {
-            source.matmul("output.weight")?
+            source.matmul("output.weight", n_embd, vocab)?
         } else {
             // Tied embeddings: the output projection reuses the embedding matrix.
             QMatMul::from_arc(embeddings.clone())
                 .map_err(|error| ModelError::candle("tying output to embeddings", error))?
         };
+        let kv_width = config.head_count_kv * config.head_dim;
+        let n_ff = config.feed_forward_length;
         let mut layers = Vec::with_capacity(config.block_count);
         for i in 0..config.block_count {
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
             layers.push(Layer {
                 attention_norm: source.vector(&name("attn_norm.weight"), n_embd)?,
-                wq: source.matmul(&name("attn_q.weight"))?,
-                wk: source.matmul(&name("attn_k.weight"))?,
-                wv: source.matmul(&name("attn_v.weight"))?,
-                wo: source.matmul(&name("attn_output.weight"))?,
+                wq: source.matmul(&name("attn_q.weight"), n_embd, n_embd)?,
+                wk: source.matmul(&name("attn_k.weight"), n_embd, kv_width)?,
+                wv: source.matmul(&name("attn_v.weight"), n_embd, kv_width)?,
+                wo: source.matmul(&name("attn_output.weight"), n_embd, n_embd)?,
                 ffn_norm: source.vector(&name("ffn_norm.weight"), n_embd)?,
-                gate: source.matmul(&name("ffn_gate.weight"))?,
-                up: source.matmul(&name("ffn_up.weight"))?,
-                down: source.matmul(&name("ffn_down.weight"))?,
+                gate: source.matmul(&name("ffn_gate.weight"), n_embd, n_ff)?,
+                up: source.matmul(&name("ffn_up.weight"), n_embd, n_ff)?,
+                down: source.matmul(&name("ffn_down.weight"), n_ff, n_embd)?,
             });
         }
         let norm = source.vector("output_norm.weight", n_embd)?;
         let max_positions = max_positions
-            .unwrap_or(config.context_length)
+            .unwrap_or(DEFAULT_CONTEXT)
             .clamp(1, config.context_length);
         let rotations = Rotations::new(&config, max_positions, device)
             .map_err(|error| ModelError::candle("precomputing RoPE", error))?;

@@ -16,7 +16,7 @@ pub mod tokenizer;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use kv_cache::KvCache;
-pub use llama::Llama;
+pub use llama::{DEFAULT_CONTEXT, Llama};
 pub use loaded::{LoadedModel, tokenizer_for};
 
 /// Why a model could not be loaded or run.

@@ -1,0 +1,209 @@
+//! The engine worker on a real (tiny) model: streaming, cancellation within a token,
+//! superseding, deadlines, cache reuse across jobs.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use candle_core::Device;
+use codellama_lsp::engine::{Engine, JobEvent, JobRequest, StopCause};
+use codellama_lsp::fixtures::Variant;
+use codellama_lsp::model::LoadedModel;
+use codellama_lsp::model::generate::{FinishReason, GenerationRequest};
+
+fn model() -> LoadedModel {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(Variant::F16.file_name());
+    LoadedModel::load(&path, &Device::Cpu, Some(4096)).unwrap()
+}
+
+fn request(prompt: &[u32], max_new_tokens: usize) -> JobRequest {
+    JobRequest {
+        generation: GenerationRequest {
+            prompt: prompt.to_vec(),
+            max_new_tokens,
+            ..GenerationRequest::default()
+        },
+        supersede_key: None,
+    }
+}
+
+const PROMPT: [u32; 10] = [1, 455, 403, 408, 394, 278, 418, 280, 314, 13];
+
+#[tokio::test]
+async fn a_job_streams_text_and_matches_a_direct_generation() {
+    let model = model();
+    let mut cache = model.llama.new_cache().unwrap();
+    let direct = codellama_lsp::model::generate::generate(
+        &model,
+        &mut cache,
+        &request(&PROMPT, 20).generation,
+        &|| false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let engine = Engine::start(model).unwrap();
+    let mut job = engine.submit(request(&PROMPT, 20));
+    let mut streamed = String::new();
+    let result = loop {
+        match job.events.recv().await.unwrap() {
+            JobEvent::Text(text) => streamed.push_str(&text),
+            JobEvent::Finished(result) => break result.unwrap(),
+        }
+    };
+    assert_eq!(result.generation.ids, direct.ids);
+    assert_eq!(result.generation.text, streamed);
+    assert_eq!(result.generation.finish, FinishReason::MaxTokens);
+    assert_eq!(result.stopped_by, None);
+}
+
+#[tokio::test]
+async fn the_second_job_reuses_the_cached_prompt() {
+    let engine = Engine::start(model()).unwrap();
+    engine.submit(request(&PROMPT, 4)).finish().await.unwrap();
+    let mut longer = PROMPT.to_vec();
+    longer.push(262);
+    let second = engine.submit(request(&longer, 4)).finish().await.unwrap();
+    assert_eq!(second.generation.reused_tokens, PROMPT.len());
+}
+
+/// Waits for the first streamed text, so the job is known to be decoding.
+async fn first_text(job: &mut codellama_lsp::engine::JobHandle) {
+    match job.events.recv().await.unwrap() {
+        JobEvent::Text(_) => {}
+        JobEvent::Finished(result) => panic!("finished before streaming: {result:?}"),
+    }
+}
+
+#[tokio::test]
+async fn cancel_stops_within_a_token() {
+    let engine = Engine::start(model()).unwrap();
+    let mut job = engine.submit(request(&PROMPT, 10_000));
+    first_text(&mut job).await;
+    let streamed_before = 1;
+    job.cancel();
+    let cancelled_at = Instant::now();
+    let mut events_after = 0;
+    let result = loop {
+        match job.events.recv().await.unwrap() {
+            JobEvent::Text(_) => events_after += 1,
+            JobEvent::Finished(result) => break result.unwrap(),
+        }
+    };
+    assert_eq!(result.stopped_by, Some(StopCause::Cancelled));
+    assert_eq!(result.generation.finish, FinishReason::Stopped);
+    // The worker may be one token past the cancel (it checks between tokens): never more.
+    assert!(events_after <= 2, "{events_after} pieces after the cancel");
+    assert!(
+        result.generation.ids.len() <= streamed_before + 40,
+        "{}",
+        result.generation.ids.len()
+    );
+    assert!(cancelled_at.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test]
+async fn dropping_the_handle_cancels_and_the_engine_serves_the_next_job() {
+    let engine = Engine::start(model()).unwrap();
+    let mut job = engine.submit(request(&PROMPT, 10_000));
+    first_text(&mut job).await;
+    drop(job);
+    let started = Instant::now();
+    let next = engine.submit(request(&PROMPT, 3)).finish().await.unwrap();
+    assert_eq!(next.generation.ids.len(), 3);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the dropped job kept running"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_job_for_the_same_key_supersedes_the_older() {
+    let engine = Engine::start(model()).unwrap();
+    let keyed = |max| JobRequest {
+        supersede_key: Some("file:///a.py".into()),
+        ..request(&PROMPT, max)
+    };
+    let mut old = engine.submit(keyed(10_000));
+    first_text(&mut old).await;
+    let new = engine.submit(keyed(2));
+    let other_key = engine.submit(JobRequest {
+        supersede_key: Some("file:///b.py".into()),
+        ..request(&PROMPT, 2)
+    });
+    let old = old.finish().await.unwrap();
+    assert_eq!(old.stopped_by, Some(StopCause::Superseded));
+    let new = new.finish().await.unwrap();
+    assert_eq!(new.stopped_by, None);
+    assert_eq!(new.generation.ids.len(), 2);
+    assert_eq!(other_key.finish().await.unwrap().stopped_by, None);
+}
+
+#[tokio::test]
+async fn a_deadline_returns_what_is_ready() {
+    let engine = Engine::start(model()).unwrap();
+    let mut slow = request(&PROMPT, 10_000);
+    slow.generation.deadline = Some(Instant::now() + Duration::from_millis(300));
+    let result = engine.submit(slow).finish().await.unwrap();
+    assert_eq!(result.generation.finish, FinishReason::Deadline);
+    assert!(!result.generation.ids.is_empty());
+    assert!(result.generation.ids.len() < 10_000);
+}
+
+#[tokio::test]
+async fn errors_come_back_as_messages_and_the_engine_keeps_going() {
+    let engine = Engine::start(model()).unwrap();
+    let error = engine
+        .submit(request(&[1, 99_999], 3))
+        .finish()
+        .await
+        .unwrap_err();
+    assert!(error.contains("outside the vocabulary"), "{error}");
+    let too_long = vec![1; 5000];
+    let error = engine
+        .submit(request(&too_long, 3))
+        .finish()
+        .await
+        .unwrap_err();
+    assert!(error.contains("do not fit"), "{error}");
+    let error = engine.submit(request(&[], 3)).finish().await.unwrap_err();
+    assert!(error.contains("empty"), "{error}");
+    assert_eq!(
+        engine
+            .submit(request(&PROMPT, 2))
+            .finish()
+            .await
+            .unwrap()
+            .generation
+            .ids
+            .len(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn stop_strings_end_the_generation_and_are_not_returned() {
+    let model = model();
+    let mut cache = model.llama.new_cache().unwrap();
+    let plain = codellama_lsp::model::generate::generate(
+        &model,
+        &mut cache,
+        &request(&PROMPT, 12).generation,
+        &|| false,
+        &mut |_| {},
+    )
+    .unwrap();
+    // Use a piece of the model's own greedy output as the stop string.
+    let stop: String = plain.text.chars().skip(2).take(2).collect();
+    assert!(
+        !stop.is_empty(),
+        "the fixture model produced no text: {plain:?}"
+    );
+    let engine = Engine::start(model).unwrap();
+    let mut with_stop = request(&PROMPT, 12);
+    with_stop.generation.stop_strings = vec![stop.clone()];
+    let result = engine.submit(with_stop).finish().await.unwrap();
+    assert_eq!(result.generation.finish, FinishReason::StopString);
+    let expected_end = plain.text.find(&stop).unwrap();
+    assert_eq!(result.generation.text, plain.text[..expected_end]);
+}
