@@ -9,6 +9,8 @@ pub mod engine;
 pub mod fixtures;
 pub mod lsp;
 pub mod model;
+pub mod postprocess;
+pub mod prompt;
 pub mod session;
 
 #[cfg(test)]

@@ -1,0 +1,247 @@
+//! Which part of the document goes into the prompt: the text around the cursor that fits the
+//! token budget, cut at line boundaries, with edges that stay put while the user types.
+//!
+//! Stability is what makes the KV cache pay off: if the window's first line moved on every
+//! keystroke, every prompt would differ from the previous one at its very start. So the edges are
+//! snapped to multiples of `snap_lines`, and move only when the cursor's surroundings no longer fit.
+
+use ropey::Rope;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowConfig {
+    /// Tokens available for prefix + suffix text.
+    pub budget_tokens: usize,
+    /// The prefix's share of the budget (the rest goes to the suffix).
+    pub prefix_share: f32,
+    /// Window edges snap to multiples of this many lines.
+    pub snap_lines: usize,
+}
+
+impl Default for WindowConfig {
+    fn default() -> Self {
+        Self {
+            budget_tokens: 4096 - 256 - 8,
+            prefix_share: 0.75,
+            snap_lines: 32,
+        }
+    }
+}
+
+/// The text before and after the cursor that the prompt will hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    pub prefix: String,
+    pub suffix: String,
+    /// First document line in the prefix.
+    pub first_line: usize,
+    /// One past the last document line in the suffix.
+    pub end_line: usize,
+}
+
+/// Selects the window around `cursor` (a char index). `count` gives the tokens of a piece of text
+/// (an upper estimate is fine: a per-line count slightly overestimates a joined one).
+pub fn select(
+    rope: &Rope,
+    cursor: usize,
+    config: &WindowConfig,
+    count: &dyn Fn(&str) -> usize,
+) -> Window {
+    let cursor = cursor.min(rope.len_chars());
+    let cursor_line = rope.char_to_line(cursor);
+    let snap = config.snap_lines.max(1);
+    let prefix_budget =
+        (config.budget_tokens as f32 * config.prefix_share.clamp(0.0, 1.0)) as usize;
+    let suffix_budget = config.budget_tokens.saturating_sub(prefix_budget);
+
+    // The cursor line's head (left of the cursor) always stays; if it alone is too long, keep its
+    // end, nearest the cursor.
+    let line_start = rope.line_to_char(cursor_line);
+    let head = rope.slice(line_start..cursor).to_string();
+    let (head, head_tokens) = keep_end(&head, prefix_budget, count);
+    let mut first = cursor_line;
+    let mut used = head_tokens;
+    while first > 0 {
+        let tokens = count(&rope.line(first - 1).to_string());
+        if used + tokens > prefix_budget {
+            break;
+        }
+        used += tokens;
+        first -= 1;
+    }
+    // Snap the start forward to a chunk boundary (it still fits), unless that would leave only
+    // the cursor line or the whole document already fits.
+    let snapped = first.div_ceil(snap) * snap;
+    if first > 0 && snapped < cursor_line {
+        first = snapped;
+    }
+    let prefix = if first < cursor_line {
+        let mut text = rope.slice(rope.line_to_char(first)..line_start).to_string();
+        text.push_str(&head);
+        text
+    } else {
+        head
+    };
+
+    // The suffix: the rest of the cursor line, then whole lines while they fit.
+    let line_end = rope.line_to_char(cursor_line + 1).min(rope.len_chars());
+    let tail = rope.slice(cursor..line_end).to_string();
+    let (tail, tail_tokens) = keep_start(&tail, suffix_budget, count);
+    let lines = rope.len_lines();
+    let mut end = cursor_line + 1;
+    let mut used = tail_tokens;
+    while end < lines {
+        let tokens = count(&rope.line(end).to_string());
+        if used + tokens > suffix_budget {
+            break;
+        }
+        used += tokens;
+        end += 1;
+    }
+    if end < lines {
+        // Snap the end back to a chunk boundary, keeping at least the cursor line's tail.
+        end = (end / snap * snap).max(cursor_line + 1);
+    }
+    let mut suffix = tail;
+    if end > cursor_line + 1 {
+        suffix.push_str(&rope.slice(line_end..rope.line_to_char(end)).to_string());
+    }
+    Window {
+        prefix,
+        suffix,
+        first_line: first,
+        end_line: end,
+    }
+}
+
+/// The longest end of `text` that fits `budget` tokens, and its token count.
+fn keep_end(text: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> (String, usize) {
+    fit(text, budget, count, |chars, keep| {
+        chars[chars.len() - keep..].iter().collect()
+    })
+}
+
+/// The longest start of `text` that fits `budget` tokens, and its token count.
+fn keep_start(text: &str, budget: usize, count: &dyn Fn(&str) -> usize) -> (String, usize) {
+    fit(text, budget, count, |chars, keep| {
+        chars[..keep].iter().collect()
+    })
+}
+
+/// Binary search on the number of characters kept (cuts never split a character).
+fn fit(
+    text: &str,
+    budget: usize,
+    count: &dyn Fn(&str) -> usize,
+    take: impl Fn(&[char], usize) -> String,
+) -> (String, usize) {
+    let tokens = count(text);
+    if tokens <= budget {
+        return (text.to_owned(), tokens);
+    }
+    let chars: Vec<char> = text.chars().collect();
+    let (mut low, mut high) = (0, chars.len());
+    while low < high {
+        let middle = (low + high).div_ceil(2);
+        if count(&take(&chars, middle)) <= budget {
+            low = middle;
+        } else {
+            high = middle - 1;
+        }
+    }
+    let kept = take(&chars, low);
+    let tokens = count(&kept);
+    (kept, tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One "token" per 4 bytes, rounded up: enough to exercise the budget arithmetic.
+    fn count(text: &str) -> usize {
+        text.len().div_ceil(4)
+    }
+
+    fn document(lines: usize) -> String {
+        (0..lines).map(|i| format!("line {i:04}\n")).collect()
+    }
+
+    fn config(budget: usize) -> WindowConfig {
+        WindowConfig {
+            budget_tokens: budget,
+            prefix_share: 0.75,
+            snap_lines: 8,
+        }
+    }
+
+    #[test]
+    fn a_small_document_fits_whole() {
+        let text = "def f():\n    return 1\n\nprint(f())\n";
+        let rope = Rope::from_str(text);
+        let cursor = text.find("return").unwrap() + 7;
+        let window = select(&rope, cursor, &config(1000), &count);
+        assert_eq!(window.prefix, &text[..cursor]);
+        assert_eq!(window.suffix, &text[cursor..]);
+    }
+
+    #[test]
+    fn the_window_respects_the_budget_and_cuts_at_lines() {
+        let text = document(1000);
+        let rope = Rope::from_str(&text);
+        let cursor = rope.line_to_char(500) + 4;
+        let window = select(&rope, cursor, &config(200), &count);
+        assert!(
+            count(&window.prefix) <= 150 + 1,
+            "{}",
+            count(&window.prefix)
+        );
+        assert!(count(&window.suffix) <= 50 + 1);
+        assert!(
+            window.prefix.starts_with("line "),
+            "starts at a line: {:?}",
+            &window.prefix[..10]
+        );
+        assert!(window.prefix.ends_with("line"));
+        assert!(window.suffix.starts_with(" 0500\n"));
+        assert!(window.suffix.ends_with('\n'));
+        assert_eq!(window.first_line % 8, 0);
+        assert_eq!(window.end_line % 8, 0);
+    }
+
+    #[test]
+    fn the_start_stays_put_while_typing() {
+        let mut text = document(400);
+        let mut cursor_byte = text.find("line 0300").unwrap();
+        let mut starts = std::collections::HashSet::new();
+        for ch in "let value = compute(42);".chars() {
+            text.insert(cursor_byte, ch);
+            cursor_byte += ch.len_utf8();
+            let rope = Rope::from_str(&text);
+            let window = select(&rope, rope.byte_to_char(cursor_byte), &config(400), &count);
+            starts.insert((window.first_line, window.end_line));
+        }
+        assert!(starts.len() <= 2, "the window moved {} times", starts.len());
+    }
+
+    #[test]
+    fn an_overlong_cursor_line_keeps_the_text_nearest_the_cursor() {
+        let line = "x".repeat(10_000) + "é😀 near";
+        let text = format!("{line}{}", "y".repeat(10_000));
+        let rope = Rope::from_str(&text);
+        let cursor = line.chars().count();
+        let window = select(&rope, cursor, &config(100), &count);
+        assert!(window.prefix.ends_with("é😀 near"));
+        assert!(count(&window.prefix) <= 75);
+        assert!(window.suffix.starts_with('y') && count(&window.suffix) <= 25);
+    }
+
+    #[test]
+    fn a_cursor_past_the_end_clamps() {
+        let rope = Rope::from_str("abc");
+        let window = select(&rope, 99, &config(100), &count);
+        assert_eq!(
+            (window.prefix.as_str(), window.suffix.as_str()),
+            ("abc", "")
+        );
+    }
+}
