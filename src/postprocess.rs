@@ -101,8 +101,9 @@ fn drop_closers_the_suffix_has(text: &str, line_before: &str, rest_of_line: &str
             '(' | '[' | '{' => depth_in_text += 1,
             ')' | ']' | '}' if depth_in_text > 0 => depth_in_text -= 1,
             ')' | ']' | '}' => {
-                // Closes something from before the cursor; the suffix has a closer for it.
-                if open.pop().is_some() && closers_in_suffix.contains(&ch) {
+                // Closes something opened before the cursor, which the suffix closes already.
+                let closes_earlier_opener = open.pop().is_some();
+                if closes_earlier_opener && closers_in_suffix.contains(&ch) {
                     return text[..index].to_owned();
                 }
             }
