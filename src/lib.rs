@@ -4,14 +4,17 @@
 //! IO-free core (`document`, `session`), and `cli` is the entry point.
 
 pub mod cli;
+pub mod completion;
 pub mod document;
 pub mod engine;
 pub mod fixtures;
 pub mod lsp;
 pub mod model;
+pub mod model_host;
 pub mod postprocess;
 pub mod prompt;
 pub mod session;
+pub mod settings;
 
 #[cfg(test)]
 mod test_support;

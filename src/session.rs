@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use crate::document::{Document, PositionEncoding, TextChange};
+use crate::settings::{Settings, SettingsLayer};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SessionError {
@@ -21,6 +22,8 @@ struct State {
     documents: HashMap<String, Document>,
     initialized: bool,
     shutdown_requested: bool,
+    settings: Settings,
+    work_done_progress: bool,
 }
 
 /// Shared by the protocol handlers and the transport; cheap to lock, never held across awaits.
@@ -32,6 +35,33 @@ pub struct Session {
 impl Session {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A session whose settings start from `settings` (the defaults plus command-line flags).
+    pub fn with_settings(settings: Settings) -> Self {
+        let session = Self::default();
+        session.lock().settings = settings;
+        session
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.lock().settings.clone()
+    }
+
+    /// Applies a layer of settings from the editor; on error nothing changes.
+    pub fn apply_settings(&self, layer: &SettingsLayer) -> Result<Settings, String> {
+        let mut state = self.lock();
+        state.settings.apply(layer)?;
+        Ok(state.settings.clone())
+    }
+
+    /// Whether the client accepts `window/workDoneProgress/create`.
+    pub fn set_work_done_progress(&self, supported: bool) {
+        self.lock().work_done_progress = supported;
+    }
+
+    pub fn work_done_progress(&self) -> bool {
+        self.lock().work_done_progress
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -4,6 +4,7 @@
 //! later features (`complete`, `models`, `docstring`, `edit`) add theirs the same way.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::layer::SubscriberExt;
@@ -67,6 +68,13 @@ pub struct ServeArgs {
     /// (vscode-languageclient among them) pass it anyway.
     #[arg(long)]
     pub stdio: bool,
+    /// The GGUF model to serve (the editor's "model" setting overrides it).
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Where to run the model: auto, cpu, cuda, cuda:N or metal (the editor's "device" setting
+    /// overrides it).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<crate::model::DeviceSpec>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -98,7 +106,7 @@ pub fn main() -> i32 {
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));
     let client_log = init_logging(cli.log_level, if serving { "info" } else { "warn" });
     let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(_) => return run_serve(client_log),
+        Command::Serve(args) => return run_serve(client_log, &args),
         Command::Tokenize(args) => model_commands::tokenize(&args),
         Command::Generate(args) => model_commands::generate(&args),
         Command::Bench(args) => model_commands::bench(&args),
@@ -144,7 +152,14 @@ fn init_logging(level: Option<LogLevel>, default: &str) -> ClientLogReceiver {
     receiver
 }
 
-fn run_serve(client_log: ClientLogReceiver) -> i32 {
+fn run_serve(client_log: ClientLogReceiver, args: &ServeArgs) -> i32 {
+    let mut settings = crate::settings::Settings::default();
+    if let Some(model) = &args.model {
+        settings.model = Some(model.display().to_string());
+    }
+    if let Some(device) = args.device {
+        settings.device = device;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -156,7 +171,7 @@ fn run_serve(client_log: ClientLogReceiver) -> i32 {
             return 1;
         }
     };
-    runtime.block_on(crate::lsp::serve_stdio(client_log))
+    runtime.block_on(crate::lsp::serve_stdio(client_log, settings))
     // The runtime is not dropped gracefully on purpose: tokio's stdin reader sits in a blocking
     // read that only the editor can end, so `main` exits the process instead of waiting for it.
 }

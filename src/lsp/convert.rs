@@ -12,6 +12,10 @@ pub fn range(range: lsp::Range) -> Range {
     Range::new(self::position(range.start), self::position(range.end))
 }
 
+pub fn to_lsp_position(position: Position) -> lsp::Position {
+    lsp::Position::new(position.line, position.character)
+}
+
 pub fn text_change(change: lsp::TextDocumentContentChangeEvent) -> TextChange {
     TextChange {
         range: change.range.map(range),

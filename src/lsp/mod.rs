@@ -18,11 +18,12 @@ use server::Backend;
 pub use transport::Ending;
 
 use crate::session::Session;
+use crate::settings::Settings;
 
 /// Serves LSP on stdin/stdout until `exit` or the end of input; returns the process exit code:
 /// 0 after `shutdown`, 1 otherwise (as the specification asks).
-pub async fn serve_stdio(log: ClientLogReceiver) -> i32 {
-    let session = Arc::new(Session::new());
+pub async fn serve_stdio(log: ClientLogReceiver, settings: Settings) -> i32 {
+    let session = Arc::new(Session::with_settings(settings));
     let (service, socket) = LspService::build(|client| {
         log.forward_to(client.clone());
         Backend::new(client, session.clone())

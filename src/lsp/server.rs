@@ -2,32 +2,51 @@
 //!
 //! Text synchronisation is not here: the transport applies it in arrival order (see
 //! `transport.rs`). Everything else is routed by tower-lsp-server, which also answers requests
-//! before `initialize`, unknown methods and `$/cancelRequest`.
+//! before `initialize`, unknown methods and `$/cancelRequest` (cancelling drops the handler's
+//! future, which drops its engine job handle, which stops generation within a token).
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
 use tower_lsp_server::ls_types::{
-    CodeAction, CodeActionParams, CodeActionResponse, CompletionList, CompletionParams,
-    CompletionResponse, ExecuteCommandParams, InitializeParams, InitializeResult,
-    InitializedParams, InlineCompletionParams, InlineCompletionResponse, LSPAny, ServerInfo,
-    TextDocumentIdentifier, Uri,
+    CodeAction, CodeActionParams, CodeActionResponse, CompletionItem, CompletionItemKind,
+    CompletionList, CompletionParams, CompletionResponse, CompletionTextEdit,
+    DidChangeConfigurationParams, ExecuteCommandParams, InitializeParams, InitializeResult,
+    InitializedParams, InlineCompletionItem, InlineCompletionParams, InlineCompletionResponse,
+    InlineCompletionTriggerKind, LSPAny, MessageType, Position, ProgressToken, ServerInfo,
+    TextDocumentIdentifier, TextEdit, Uri,
 };
 use tower_lsp_server::{Client, LanguageServer};
 
-use super::capabilities;
+use super::{capabilities, convert};
+use crate::completion::{Completer, CompletionRequest, Outcome};
 use crate::document::Document;
+use crate::model_host::{ModelHost, ModelState};
 use crate::session::Session;
+use crate::settings::{Settings, SettingsLayer};
 
 pub struct Backend {
-    #[allow(dead_code)] // used by the features that report progress and apply edits
     client: Client,
     session: Arc<Session>,
+    host: Arc<ModelHost>,
+    completer: Arc<Completer>,
+}
+
+/// A suggestion at a cursor, in the negotiated encoding.
+struct Placed {
+    text: String,
+    at: Position,
 }
 
 impl Backend {
     pub fn new(client: Client, session: Arc<Session>) -> Self {
-        Self { client, session }
+        Self {
+            client,
+            session,
+            host: Arc::new(ModelHost::new()),
+            completer: Arc::new(Completer::new()),
+        }
     }
 
     /// The open document behind `uri`, or an `InvalidParams` error saying it is not open.
@@ -37,15 +56,63 @@ impl Backend {
             .map_err(|error| invalid_params(error.to_string()))
     }
 
+    /// Runs the completer for `uri` at `position`; `None` when there is nothing to show.
+    async fn suggest(
+        &self,
+        uri: &Uri,
+        position: Position,
+        automatic: bool,
+    ) -> Result<Option<Placed>> {
+        let document = self.document(uri)?;
+        let encoding = self.session.encoding();
+        let cursor = document.char_index(convert::position(position), encoding);
+        let at = convert::to_lsp_position(document.position_of(cursor, encoding));
+        let request = CompletionRequest {
+            uri: uri.as_str().to_owned(),
+            document,
+            cursor,
+            automatic,
+        };
+        let settings = self.session.settings();
+        match self
+            .completer
+            .complete(request, &settings, &self.host)
+            .await
+        {
+            Ok((Outcome::Suggestion(text), _)) => Ok(Some(Placed { text, at })),
+            Ok((Outcome::Nothing | Outcome::Superseded, _)) => Ok(None),
+            Err(message) => {
+                tracing::warn!("completion failed: {message}");
+                Err(Error {
+                    code: ErrorCode::InternalError,
+                    message: message.into(),
+                    data: None,
+                })
+            }
+        }
+    }
+
     /// `textDocument/inlineCompletion` (LSP 3.18), routed as a custom method because
     /// tower-lsp-server's trait predates it.
     pub async fn inline_completion(
         &self,
         params: InlineCompletionParams,
     ) -> Result<Option<InlineCompletionResponse>> {
-        let _document = self.document(&params.text_document_position.text_document.uri)?;
-        // No model is wired in yet: an empty, well-formed answer.
-        Ok(Some(InlineCompletionResponse::Array(Vec::new())))
+        let position = params.text_document_position;
+        let automatic = params.context.trigger_kind == InlineCompletionTriggerKind::AUTOMATIC;
+        let items = self
+            .suggest(&position.text_document.uri, position.position, automatic)
+            .await?
+            .map(|placed| InlineCompletionItem {
+                insert_text: placed.text,
+                filter_text: None,
+                range: Some(tower_lsp_server::ls_types::Range::new(placed.at, placed.at)),
+                command: None,
+                insert_text_format: None,
+            })
+            .into_iter()
+            .collect();
+        Ok(Some(InlineCompletionResponse::Array(items)))
     }
 
     /// `codellama/document`: the server's copy of an open document, for clients and tests to
@@ -57,6 +124,74 @@ impl Backend {
             language_id: document.language_id().to_owned(),
             text: document.text(),
         })
+    }
+
+    /// Loads the configured model if it changed, reporting progress and the outcome.
+    async fn load_configured_model(&self, settings: Settings) {
+        let Some(model) = settings.model.clone() else {
+            self.client
+                .show_message(
+                    MessageType::WARNING,
+                    "codellama-lsp: no model configured. Set \"model\" to a GGUF file in the editor's settings (initializationOptions) or start the server with --model PATH.",
+                )
+                .await;
+            return;
+        };
+        let path = PathBuf::from(&model);
+        let progress = if self.session.work_done_progress() {
+            let token = ProgressToken::String(format!("codellama/load/{model}"));
+            match self.client.create_work_done_progress(token.clone()).await {
+                Ok(()) => Some(
+                    self.client
+                        .progress(token, "codellama-lsp")
+                        .with_message(format!("loading {model}"))
+                        .begin()
+                        .await,
+                ),
+                Err(_) => None,
+            }
+        } else {
+            None
+        };
+        let outcome = self
+            .host
+            .load(path, settings.device, settings.context_tokens)
+            .await;
+        if let Some(progress) = progress {
+            progress.finish().await;
+        }
+        match outcome {
+            None => {}
+            Some(Ok(name)) => {
+                let note = match self.host.state() {
+                    ModelState::Ready(ready) => ready.template.as_ref().err().cloned(),
+                    _ => None,
+                };
+                let (kind, message) = match note {
+                    Some(problem) => (
+                        MessageType::WARNING,
+                        format!("codellama-lsp: loaded {name}, but {problem}"),
+                    ),
+                    None => (MessageType::INFO, format!("codellama-lsp: {name} is ready")),
+                };
+                tracing::info!("{message}");
+                self.client.show_message(kind, message).await;
+            }
+            Some(Err(error)) => {
+                tracing::error!("loading the model failed: {error}");
+                self.client
+                    .show_message(
+                        MessageType::ERROR,
+                        format!("codellama-lsp: could not load the model: {error}"),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    fn apply_settings(&self, value: &serde_json::Value) -> std::result::Result<Settings, String> {
+        let layer = SettingsLayer::from_json(value)?;
+        self.session.apply_settings(&layer)
     }
 }
 
@@ -98,6 +233,16 @@ fn not_available(feature: &str) -> Error {
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         let encoding = capabilities::negotiate_encoding(&params.capabilities);
+        if let Some(options) = &params.initialization_options {
+            self.apply_settings(options).map_err(invalid_params)?;
+        }
+        let progress = params
+            .capabilities
+            .window
+            .as_ref()
+            .and_then(|window| window.work_done_progress)
+            .unwrap_or(false);
+        self.session.set_work_done_progress(progress);
         self.session.initialize(encoding);
         tracing::info!("initialized; positions are counted in {encoding:?}");
         Ok(InitializeResult {
@@ -112,6 +257,7 @@ impl LanguageServer for Backend {
 
     async fn initialized(&self, _: InitializedParams) {
         tracing::info!("codellama-lsp {} ready", crate::VERSION);
+        self.load_configured_model(self.session.settings()).await;
     }
 
     async fn shutdown(&self) -> Result<()> {
@@ -119,11 +265,54 @@ impl LanguageServer for Backend {
         Ok(())
     }
 
+    async fn did_change_configuration(&self, params: DidChangeConfigurationParams) {
+        match self.apply_settings(&params.settings) {
+            Ok(settings) => self.load_configured_model(settings).await,
+            Err(problem) => {
+                tracing::warn!("{problem}");
+                self.client
+                    .show_message(
+                        MessageType::ERROR,
+                        format!("codellama-lsp: {problem}; keeping the previous settings"),
+                    )
+                    .await;
+            }
+        }
+    }
+
     async fn completion(&self, params: CompletionParams) -> Result<Option<CompletionResponse>> {
-        let _document = self.document(&params.text_document_position.text_document.uri)?;
+        let position = params.text_document_position;
+        let automatic = params.context.is_some_and(|context| {
+            context.trigger_kind != tower_lsp_server::ls_types::CompletionTriggerKind::INVOKED
+        });
+        let placed = self
+            .suggest(&position.text_document.uri, position.position, automatic)
+            .await?;
+        let items = placed
+            .map(|placed| {
+                let label = placed
+                    .text
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned();
+                CompletionItem {
+                    label,
+                    kind: Some(CompletionItemKind::SNIPPET),
+                    detail: Some("codellama".into()),
+                    text_edit: Some(CompletionTextEdit::Edit(TextEdit::new(
+                        tower_lsp_server::ls_types::Range::new(placed.at, placed.at),
+                        placed.text,
+                    ))),
+                    ..CompletionItem::default()
+                }
+            })
+            .into_iter()
+            .collect();
         Ok(Some(CompletionResponse::List(CompletionList {
             is_incomplete: true,
-            items: Vec::new(),
+            items,
         })))
     }
 

@@ -1,0 +1,225 @@
+//! Inline completion, from a document snapshot and a cursor to the text to insert.
+//!
+//! Cheapest answers first: a trigger that should not complete, the rest of the previous
+//! suggestion when the user is typing it, a recent identical prompt; only then the model. The
+//! LSP layer converts positions and results; nothing here knows LSP types.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::document::Document;
+use crate::engine::{JobRequest, StopCause};
+use crate::model::generate::GenerationRequest;
+use crate::model::sampling::SamplingParams;
+use crate::model_host::ModelHost;
+use crate::postprocess;
+use crate::prompt::{self, WindowConfig};
+use crate::settings::Settings;
+
+pub struct CompletionRequest {
+    pub uri: String,
+    pub document: Document,
+    /// Char index of the cursor.
+    pub cursor: usize,
+    /// Triggered by typing rather than asked for.
+    pub automatic: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Insert this text at the cursor.
+    Suggestion(String),
+    /// Nothing to suggest (skipped trigger, no model yet, nothing useful generated).
+    Nothing,
+    /// A newer request for the same document took over.
+    Superseded,
+}
+
+/// How the answer was found, for logs and tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    TypedAhead,
+    Cache,
+    Model,
+}
+
+/// The last suggestion shown for a document, to serve typed-ahead requests.
+struct LastSuggestion {
+    line: usize,
+    line_before: String,
+    text: String,
+}
+
+const CACHE_ENTRIES: usize = 64;
+
+#[derive(Default)]
+pub struct Completer {
+    last: Mutex<HashMap<String, LastSuggestion>>,
+    /// Recent prompts and their post-processed answers, most recent last.
+    recent: Mutex<VecDeque<(Vec<u32>, Option<String>)>>,
+}
+
+impl Completer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub async fn complete(
+        &self,
+        request: CompletionRequest,
+        settings: &Settings,
+        host: &ModelHost,
+    ) -> Result<(Outcome, Option<Source>), String> {
+        let rope = request.document.rope();
+        let cursor = request.cursor.min(rope.len_chars());
+        if request.automatic
+            && rope
+                .get_char(cursor)
+                .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        {
+            return Ok((Outcome::Nothing, None)); // typing inside a word: not the moment
+        }
+        let line = rope.char_to_line(cursor);
+        let line_before = rope.slice(rope.line_to_char(line)..cursor).to_string();
+        if let Some(rest) = self.typed_ahead(&request.uri, line, &line_before) {
+            return Ok((Outcome::Suggestion(rest), Some(Source::TypedAhead)));
+        }
+
+        let deadline = Instant::now() + Duration::from_millis(settings.deadline_ms);
+        let Some(model) = host.ready(deadline).await else {
+            return Ok((Outcome::Nothing, None));
+        };
+        let template = model.template.clone()?;
+        let window = WindowConfig {
+            budget_tokens: settings.prompt_budget(),
+            prefix_share: settings.prefix_share,
+            ..WindowConfig::default()
+        };
+        let (tokenizer, document, order) = (
+            model.tokenizer.clone(),
+            request.document.clone(),
+            settings.fim_order,
+        );
+        let built = tokio::task::spawn_blocking(move || {
+            prompt::infill(
+                &tokenizer,
+                &template,
+                document.rope(),
+                cursor,
+                order,
+                &window,
+            )
+        })
+        .await
+        .map_err(|_| "building the prompt failed (see the log)".to_owned())?;
+
+        if let Some(cached) = self.cached(&built.ids) {
+            return Ok((
+                self.finish(&request.uri, line, line_before, cached),
+                Some(Source::Cache),
+            ));
+        }
+        let job = model.engine.submit(JobRequest {
+            generation: GenerationRequest {
+                prompt: built.ids.clone(),
+                max_new_tokens: settings.max_tokens,
+                sampling: SamplingParams {
+                    temperature: settings.temperature,
+                    ..SamplingParams::default()
+                },
+                stop_strings: Vec::new(),
+                deadline: Some(deadline),
+            },
+            supersede_key: Some(request.uri.clone()),
+        });
+        let result = job.finish().await?;
+        if result.stopped_by == Some(StopCause::Superseded) {
+            return Ok((Outcome::Superseded, Some(Source::Model)));
+        }
+        tracing::debug!(
+            "completion: {} prompt tokens ({} reused), prefill {:.0} ms, decode {:.0} ms, {:?}",
+            result.generation.prompt_tokens,
+            result.generation.reused_tokens,
+            result.generation.prefill_ms,
+            result.generation.decode_ms,
+            result.generation.finish
+        );
+        let nearby =
+            (line.saturating_sub(200)..(line + 200).min(rope.len_lines())).map(|l| rope.line(l));
+        let nearby: Vec<String> = nearby.map(|l| l.to_string()).collect();
+        let (uses_tabs, tab_width) =
+            postprocess::indentation_style(nearby.iter().map(String::as_str));
+        let context = postprocess::Context {
+            line_before: &line_before,
+            suffix: &built.window.suffix,
+            uses_tabs,
+            tab_width,
+        };
+        let text = postprocess::completion(&result.generation.text, &context);
+        self.remember(built.ids, text.clone());
+        Ok((
+            self.finish(&request.uri, line, line_before, text),
+            Some(Source::Model),
+        ))
+    }
+
+    fn finish(&self, uri: &str, line: usize, line_before: String, text: Option<String>) -> Outcome {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match text {
+            Some(text) => {
+                last.insert(
+                    uri.to_owned(),
+                    LastSuggestion {
+                        line,
+                        line_before,
+                        text: text.clone(),
+                    },
+                );
+                Outcome::Suggestion(text)
+            }
+            None => {
+                last.remove(uri);
+                Outcome::Nothing
+            }
+        }
+    }
+
+    /// The rest of the last suggestion if the user has typed its beginning since.
+    fn typed_ahead(&self, uri: &str, line: usize, line_before: &str) -> Option<String> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = last.get(uri)?;
+        if previous.line != line {
+            return None;
+        }
+        let typed = line_before.strip_prefix(previous.line_before.as_str())?;
+        let rest = previous.text.strip_prefix(typed)?;
+        (!typed.is_empty() && !rest.trim().is_empty()).then(|| rest.to_owned())
+    }
+
+    fn cached(&self, prompt: &[u32]) -> Option<Option<String>> {
+        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent
+            .iter()
+            .rev()
+            .find(|(ids, _)| ids == prompt)
+            .map(|(_, text)| text.clone())
+    }
+
+    fn remember(&self, prompt: Vec<u32>, text: Option<String>) {
+        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
+        recent.retain(|(ids, _)| *ids != prompt);
+        if recent.len() == CACHE_ENTRIES {
+            recent.pop_front();
+        }
+        recent.push_back((prompt, text));
+    }
+
+    /// Forgets a closed document.
+    pub fn forget(&self, uri: &str) {
+        self.last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(uri);
+    }
+}

@@ -1,0 +1,131 @@
+//! The server's model: which one is configured, whether it is loading, ready or failed, and the
+//! running engine once it is ready.
+//!
+//! Loading runs on a blocking thread; requests that arrive meanwhile wait on a `watch` channel
+//! until the model is ready or their deadline passes, and never fail the server.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::watch;
+
+use crate::engine::Engine;
+use crate::model::tokenizer::SpmTokenizer;
+use crate::model::{DeviceSpec, LoadedModel};
+use crate::prompt::FimTemplate;
+
+/// What a request needs from a loaded model, besides the engine that runs it.
+pub struct ReadyModel {
+    pub name: String,
+    pub path: PathBuf,
+    pub engine: Engine,
+    /// A copy for building prompts on the async side (the engine thread owns the original).
+    pub tokenizer: SpmTokenizer,
+    /// The infilling template, or why this model cannot infill.
+    pub template: Result<FimTemplate, String>,
+}
+
+#[derive(Clone)]
+pub enum ModelState {
+    Unconfigured,
+    Loading(PathBuf),
+    Ready(Arc<ReadyModel>),
+    Failed(String),
+}
+
+/// What identifies a load: the same file, device and context need no reload.
+#[derive(Clone, Debug, PartialEq)]
+struct LoadKey {
+    path: PathBuf,
+    device: DeviceSpec,
+    context: usize,
+}
+
+pub struct ModelHost {
+    state: watch::Sender<ModelState>,
+    current: Mutex<Option<LoadKey>>,
+}
+
+impl Default for ModelHost {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ModelHost {
+    pub fn new() -> Self {
+        Self {
+            state: watch::Sender::new(ModelState::Unconfigured),
+            current: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> ModelState {
+        self.state.borrow().clone()
+    }
+
+    /// Loads `path` unless that exact model is already loaded or loading. Returns `None` when
+    /// nothing had to be done, else the outcome (the model's name, or why it failed).
+    pub async fn load(
+        &self,
+        path: PathBuf,
+        device: DeviceSpec,
+        context: usize,
+    ) -> Option<Result<String, String>> {
+        let key = LoadKey {
+            path: path.clone(),
+            device,
+            context,
+        };
+        {
+            let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+            if current.as_ref() == Some(&key) && !matches!(self.state(), ModelState::Failed(_)) {
+                return None;
+            }
+            *current = Some(key);
+        }
+        self.state.send_replace(ModelState::Loading(path.clone()));
+        let loaded = tokio::task::spawn_blocking(move || -> Result<ReadyModel, String> {
+            let device = device.open().map_err(|e| e.to_string())?;
+            let model =
+                LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
+            let template = FimTemplate::detect(&model.tokenizer, &model.name);
+            let tokenizer = model.tokenizer.clone();
+            let name = model.name.clone();
+            let engine = Engine::start(model).map_err(|e| e.to_string())?;
+            Ok(ReadyModel {
+                name,
+                path,
+                engine,
+                tokenizer,
+                template,
+            })
+        })
+        .await
+        .unwrap_or_else(|_| Err("the model loader crashed (see the log)".into()));
+        let outcome = loaded
+            .as_ref()
+            .map(|model| model.name.clone())
+            .map_err(Clone::clone);
+        self.state.send_replace(match loaded {
+            Ok(model) => ModelState::Ready(Arc::new(model)),
+            Err(error) => ModelState::Failed(error),
+        });
+        Some(outcome)
+    }
+
+    /// The ready model, waiting for a load in progress until `deadline`.
+    pub async fn ready(&self, deadline: Instant) -> Option<Arc<ReadyModel>> {
+        let mut receiver = self.state.subscribe();
+        let wait = receiver.wait_for(|state| !matches!(state, ModelState::Loading(_)));
+        let state = match tokio::time::timeout_at(deadline.into(), wait).await {
+            Ok(Ok(state)) => state.clone(),
+            _ => return None,
+        };
+        match state {
+            ModelState::Ready(model) => Some(model),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! User settings: one struct, filled in layers.
+//!
+//! Precedence, lowest to highest: built-in defaults, command-line flags (`serve --model …`),
+//! `initializationOptions`, then each `workspace/didChangeConfiguration` (the editor's live
+//! settings win, so changing a setting in the editor always takes effect). A layer only overrides
+//! the keys it sets.
+
+use serde::Deserialize;
+
+use crate::model::DeviceSpec;
+use crate::prompt::FimOrder;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    /// A local GGUF path (hub specs arrive with the model store).
+    pub model: Option<String>,
+    pub device: DeviceSpec,
+    /// Most tokens a completion may generate.
+    pub max_tokens: usize,
+    /// The context the prompt is built for (prompt budget = this − `max_tokens`).
+    pub context_tokens: usize,
+    /// 0 = greedy, deterministic.
+    pub temperature: f32,
+    pub fim_order: FimOrder,
+    /// Share of the prompt budget that goes to the text before the cursor.
+    pub prefix_share: f32,
+    /// How long a completion may take before what is ready is returned.
+    pub deadline_ms: u64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            model: None,
+            device: DeviceSpec::Auto,
+            max_tokens: 128,
+            context_tokens: 4096,
+            temperature: 0.0,
+            fim_order: FimOrder::Spm,
+            prefix_share: 0.75,
+            // Generous for CPUs; a GPU finishes well before it.
+            deadline_ms: 3000,
+        }
+    }
+}
+
+/// One layer of settings as an editor sends it: every key optional, camelCase.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SettingsLayer {
+    pub model: Option<String>,
+    pub device: Option<String>,
+    pub max_tokens: Option<usize>,
+    pub context_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub fim_order: Option<FimOrder>,
+    pub prefix_share: Option<f32>,
+    pub deadline_ms: Option<u64>,
+}
+
+impl SettingsLayer {
+    /// Reads a layer from an editor's JSON. Settings may come bare or under a `codellama` key
+    /// (as `workspace/didChangeConfiguration` usually nests them).
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
+        let value = value.get("codellama").unwrap_or(value);
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        serde_json::from_value(value.clone()).map_err(|error| format!("invalid settings: {error}"))
+    }
+}
+
+impl Settings {
+    /// Applies a layer on top; invalid values are refused with a message naming the key, and the
+    /// previous value stays.
+    pub fn apply(&mut self, layer: &SettingsLayer) -> Result<(), String> {
+        let mut next = self.clone();
+        if let Some(model) = &layer.model {
+            next.model = (!model.trim().is_empty()).then(|| model.trim().to_owned());
+        }
+        if let Some(device) = &layer.device {
+            next.device = device.parse()?;
+        }
+        if let Some(max_tokens) = layer.max_tokens {
+            next.max_tokens = max_tokens;
+        }
+        if let Some(context) = layer.context_tokens {
+            next.context_tokens = context;
+        }
+        if let Some(temperature) = layer.temperature {
+            next.temperature = temperature;
+        }
+        if let Some(order) = layer.fim_order {
+            next.fim_order = order;
+        }
+        if let Some(share) = layer.prefix_share {
+            next.prefix_share = share;
+        }
+        if let Some(deadline) = layer.deadline_ms {
+            next.deadline_ms = deadline;
+        }
+        next.validate()?;
+        *self = next;
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        if !(1..=4096).contains(&self.max_tokens) {
+            return Err(format!(
+                "maxTokens must be between 1 and 4096 (got {})",
+                self.max_tokens
+            ));
+        }
+        if self.context_tokens < self.max_tokens + 64 || self.context_tokens > 1 << 20 {
+            return Err(format!(
+                "contextTokens must leave room for maxTokens + 64 and be at most 1048576 (got {})",
+                self.context_tokens
+            ));
+        }
+        if !(0.0..=2.0).contains(&self.temperature) {
+            return Err(format!(
+                "temperature must be between 0 and 2 (got {})",
+                self.temperature
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.prefix_share) {
+            return Err(format!(
+                "prefixShare must be between 0 and 1 (got {})",
+                self.prefix_share
+            ));
+        }
+        if self.deadline_ms == 0 || self.deadline_ms > 600_000 {
+            return Err(format!(
+                "deadlineMs must be between 1 and 600000 (got {})",
+                self.deadline_ms
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tokens of document text the prompt may hold.
+    pub fn prompt_budget(&self) -> usize {
+        self.context_tokens.saturating_sub(self.max_tokens + 8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn layers_override_only_what_they_set() {
+        let mut settings = Settings::default();
+        let cli = SettingsLayer {
+            model: Some("/cli.gguf".into()),
+            ..SettingsLayer::default()
+        };
+        settings.apply(&cli).unwrap();
+        let init = SettingsLayer::from_json(&json!({"maxTokens": 64, "fimOrder": "psm"})).unwrap();
+        settings.apply(&init).unwrap();
+        assert_eq!(settings.model.as_deref(), Some("/cli.gguf"));
+        assert_eq!(settings.max_tokens, 64);
+        assert_eq!(settings.fim_order, FimOrder::Psm);
+        let live =
+            SettingsLayer::from_json(&json!({"codellama": {"model": "/live.gguf"}})).unwrap();
+        settings.apply(&live).unwrap();
+        assert_eq!(settings.model.as_deref(), Some("/live.gguf"));
+        assert_eq!(settings.max_tokens, 64);
+    }
+
+    #[test]
+    fn invalid_values_are_refused_and_nothing_changes() {
+        let mut settings = Settings::default();
+        let bad = SettingsLayer::from_json(&json!({"maxTokens": 0, "model": "/x.gguf"})).unwrap();
+        assert!(settings.apply(&bad).unwrap_err().contains("maxTokens"));
+        assert_eq!(settings, Settings::default());
+        assert!(SettingsLayer::from_json(&json!({"temperature": "hot"})).is_err());
+        let device = SettingsLayer::from_json(&json!({"device": "tpu"})).unwrap();
+        assert!(
+            settings
+                .apply(&device)
+                .unwrap_err()
+                .contains("unknown device")
+        );
+    }
+}
