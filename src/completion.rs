@@ -8,6 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use ropey::Rope;
+
 use crate::document::Document;
 use crate::engine::{JobRequest, StopCause};
 use crate::model::generate::GenerationRequest;
@@ -16,6 +18,26 @@ use crate::model_host::ModelHost;
 use crate::postprocess;
 use crate::prompt::{self, WindowConfig};
 use crate::settings::Settings;
+
+/// Post-processes a raw middle generated at `cursor` of `document`, whose prompt held `suffix`.
+pub fn finish_text(document: &Rope, cursor: usize, suffix: &str, raw: &str) -> Option<String> {
+    let line = document.char_to_line(cursor);
+    let line_before = document
+        .slice(document.line_to_char(line)..cursor)
+        .to_string();
+    // The indentation style of the code around the cursor, not of the whole (maybe huge) file.
+    let nearby: Vec<String> = (line.saturating_sub(200)..(line + 200).min(document.len_lines()))
+        .map(|l| document.line(l).to_string())
+        .collect();
+    let (uses_tabs, tab_width) = postprocess::indentation_style(nearby.iter().map(String::as_str));
+    let context = postprocess::Context {
+        line_before: &line_before,
+        suffix,
+        uses_tabs,
+        tab_width,
+    };
+    postprocess::completion(raw, &context)
+}
 
 pub struct CompletionRequest {
     pub uri: String,
@@ -145,18 +167,7 @@ impl Completer {
             result.generation.decode_ms,
             result.generation.finish
         );
-        let nearby =
-            (line.saturating_sub(200)..(line + 200).min(rope.len_lines())).map(|l| rope.line(l));
-        let nearby: Vec<String> = nearby.map(|l| l.to_string()).collect();
-        let (uses_tabs, tab_width) =
-            postprocess::indentation_style(nearby.iter().map(String::as_str));
-        let context = postprocess::Context {
-            line_before: &line_before,
-            suffix: &built.window.suffix,
-            uses_tabs,
-            tab_width,
-        };
-        let text = postprocess::completion(&result.generation.text, &context);
+        let text = finish_text(rope, cursor, &built.window.suffix, &result.generation.text);
         self.remember(built.ids, text.clone());
         Ok((
             self.finish(&request.uri, line, line_before, text),

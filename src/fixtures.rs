@@ -116,6 +116,9 @@ fn ordinary_pieces() -> Vec<String> {
         }
     };
     add("▁".into(), &mut pieces);
+    // Meta's encode_infilling encodes "☺" + text and drops two ids: Code Llama has "☺" as a
+    // piece (31171), and so must a vocabulary shaped like it.
+    add("☺".into(), &mut pieces);
     for width in [2, 3, 4, 8] {
         add("▁".repeat(width), &mut pieces);
     }

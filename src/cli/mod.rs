@@ -13,12 +13,16 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 
+mod complete;
 mod model_commands;
+mod typing_bench;
 
 const EXAMPLES: &str = "\
 Examples:
   codellama-lsp                      Run the language server on stdin/stdout (what editors do)
   codellama-lsp serve --stdio        The same, spelled out
+  printf 'def add(a, b):\n    <FILL_ME>\n' | codellama-lsp complete --model model.gguf --stdin
+  codellama-lsp complete --model model.gguf src/main.py --line 10 --character 4 --json
   echo 'def f():' | codellama-lsp tokenize --model model.gguf
   codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
   codellama-lsp bench --model model.gguf --json
@@ -51,6 +55,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the language server (the default when no subcommand is given).
     Serve(ServeArgs),
+    /// Complete code at a cursor (FILE --line L --character C, or --stdin with a <FILL_ME> hole).
+    Complete(complete::CompleteArgs),
     /// Print the token ids of the UTF-8 text on stdin as one JSON array.
     Tokenize(model_commands::TokenizeArgs),
     /// Generate text from a prompt with a GGUF model.
@@ -107,6 +113,7 @@ pub fn main() -> i32 {
     let client_log = init_logging(cli.log_level, if serving { "info" } else { "warn" });
     let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => return run_serve(client_log, &args),
+        Command::Complete(args) => complete::run(&args),
         Command::Tokenize(args) => model_commands::tokenize(&args),
         Command::Generate(args) => model_commands::generate(&args),
         Command::Bench(args) => model_commands::bench(&args),

@@ -62,6 +62,17 @@ pub struct GenerateArgs {
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
+    /// Instead: a scripted typing session (one infilling completion per keystroke) reporting
+    /// p50/p95 latency and the share of prompt tokens reused, with and without KV reuse, PSM
+    /// and SPM. Needs a model with infilling tokens.
+    #[arg(long)]
+    typing: bool,
+    /// Tokens generated per keystroke in the typing session.
+    #[arg(long, default_value_t = 16, value_name = "N", requires = "typing")]
+    completion_tokens: usize,
+    /// The context the typing session's prompts are built for.
+    #[arg(long, default_value_t = 4096, value_name = "N", requires = "typing")]
+    context_tokens: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -167,6 +178,31 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    if args.typing {
+        let model = load(&args.model, Some(args.context_tokens))?;
+        let sessions =
+            super::typing_bench::run(&model, args.completion_tokens, args.context_tokens)?;
+        if args.json {
+            println!("{}", json!({"model": model.name, "sessions": sessions}));
+        } else {
+            println!(
+                "model {}: one completion of {} tokens per keystroke",
+                model.name, args.completion_tokens
+            );
+            for s in sessions {
+                println!(
+                    "{:>3}  kv reuse {:<5}  p50 {:>8.1} ms  p95 {:>8.1} ms  prompt {:>6.0} tokens, {:>5.1}% reused",
+                    s["order"].as_str().unwrap_or_default(),
+                    s["kv_reuse"],
+                    s["p50_ms"].as_f64().unwrap_or_default(),
+                    s["p95_ms"].as_f64().unwrap_or_default(),
+                    s["mean_prompt_tokens"].as_f64().unwrap_or_default(),
+                    s["reused_share"].as_f64().unwrap_or_default() * 100.0
+                );
+            }
+        }
+        return Ok(());
+    }
     const PREFILL: usize = 512;
     const DECODE: usize = 128;
     const KEYSTROKE: usize = 1500;

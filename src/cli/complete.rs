@@ -1,0 +1,159 @@
+//! `complete`: one infilling completion from the command line, the way the editor gets it.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde_json::json;
+
+use crate::completion::finish_text;
+use crate::document::{Document, Position, PositionEncoding};
+use crate::model::generate::{GenerationRequest, generate};
+use crate::model::gguf::GgufFile;
+use crate::model::sampling::SamplingParams;
+use crate::model::{DeviceSpec, LoadedModel, tokenizer_for};
+use crate::prompt::{self, FimOrder, FimTemplate, WindowConfig};
+use crate::settings::Settings;
+
+/// The marker for the hole in `--stdin` mode, as in the transformers fill-mask pipeline.
+const MARKER: &str = "<FILL_ME>";
+
+#[derive(Debug, Args)]
+pub struct CompleteArgs {
+    /// A GGUF model with infilling tokens (Code Llama 7B/13B, base or Instruct).
+    #[arg(long, value_name = "PATH")]
+    model: PathBuf,
+    /// The file to complete in (with --line and --character).
+    #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
+    file: Option<PathBuf>,
+    /// Cursor line, 0-based.
+    #[arg(long, requires = "file")]
+    line: Option<u32>,
+    /// Cursor column in UTF-8 bytes, 0-based.
+    #[arg(long, requires = "file")]
+    character: Option<u32>,
+    /// Read the text from stdin, with exactly one <FILL_ME> marking the hole.
+    #[arg(long)]
+    stdin: bool,
+    #[arg(long, default_value = "spm", value_name = "psm|spm")]
+    fim_order: FimOrder,
+    #[arg(long, default_value_t = Settings::default().max_tokens, value_name = "N")]
+    max_tokens: usize,
+    /// 0 is greedy (deterministic).
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    temperature: f32,
+    /// The context the prompt is built for.
+    #[arg(long, default_value_t = Settings::default().context_tokens, value_name = "N")]
+    context_tokens: usize,
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: DeviceSpec,
+    /// Print the prompt's token ids as one JSON array and exit without generating.
+    #[arg(long)]
+    show_prompt: bool,
+    /// Print one JSON object with text, raw, prompt_ids and timings.
+    #[arg(long)]
+    json: bool,
+}
+
+/// The document and the cursor (a char index) described by the arguments.
+fn document_and_cursor(args: &CompleteArgs) -> Result<(Document, usize)> {
+    if args.stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("stdin is not valid UTF-8 text")?;
+        let mut holes = text.match_indices(MARKER);
+        let Some((at, _)) = holes.next() else {
+            bail!("stdin has no {MARKER} marker: put exactly one where the completion goes");
+        };
+        if holes.next().is_some() {
+            bail!("stdin has more than one {MARKER} marker: keep exactly one");
+        }
+        let cursor = text[..at].chars().count();
+        text.replace_range(at..at + MARKER.len(), "");
+        return Ok((Document::new(&text, 0, "text"), cursor));
+    }
+    let Some(file) = &args.file else {
+        bail!("give FILE with --line and --character, or --stdin")
+    };
+    let (Some(line), Some(character)) = (args.line, args.character) else {
+        bail!("give the cursor with --line L --character C (0-based, UTF-8 columns)");
+    };
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let document = Document::new(&text, 0, "text");
+    let cursor = document.char_index(Position::new(line, character), PositionEncoding::Utf8);
+    Ok((document, cursor))
+}
+
+pub fn run(args: &CompleteArgs) -> Result<()> {
+    let settings = Settings {
+        max_tokens: args.max_tokens,
+        context_tokens: args.context_tokens,
+        ..Settings::default()
+    };
+    let (document, cursor) = document_and_cursor(args)?;
+    let gguf = GgufFile::read(&args.model)?;
+    let tokenizer = tokenizer_for(&gguf)?;
+    let name = gguf
+        .metadata
+        .opt_str("general.name")
+        .ok()
+        .flatten()
+        .unwrap_or("the model");
+    let template = FimTemplate::detect(&tokenizer, name).map_err(anyhow::Error::msg)?;
+    let window = WindowConfig {
+        budget_tokens: settings.prompt_budget(),
+        prefix_share: settings.prefix_share,
+        ..WindowConfig::default()
+    };
+    let built = prompt::infill(
+        &tokenizer,
+        &template,
+        document.rope(),
+        cursor,
+        args.fim_order,
+        &window,
+    );
+    if args.show_prompt {
+        println!("{}", serde_json::to_string(&built.ids)?);
+        return Ok(());
+    }
+    let device = args.device.open()?;
+    let model = LoadedModel::load(
+        &args.model,
+        &device,
+        Some(built.ids.len() + args.max_tokens),
+    )?;
+    let mut cache = model.llama.new_cache()?;
+    let request = GenerationRequest {
+        prompt: built.ids.clone(),
+        max_new_tokens: args.max_tokens,
+        sampling: SamplingParams {
+            temperature: args.temperature,
+            ..SamplingParams::default()
+        },
+        ..GenerationRequest::default()
+    };
+    let generation = generate(&model, &mut cache, &request, &|| false, &mut |_| {})?;
+    let text = finish_text(
+        document.rope(),
+        cursor,
+        &built.window.suffix,
+        &generation.text,
+    );
+    if args.json {
+        let report = json!({
+            "text": text.clone().unwrap_or_default(),
+            "raw": generation.text,
+            "prompt_ids": built.ids,
+            "finish": generation.finish,
+            "timings": {"prefill_ms": generation.prefill_ms, "decode_ms": generation.decode_ms},
+        });
+        println!("{report}");
+    } else {
+        println!("{}", text.unwrap_or_default());
+    }
+    Ok(())
+}
