@@ -11,7 +11,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::engine::Engine;
-use crate::model::tokenizer::SpmTokenizer;
+use crate::model::tokenizer::Tokenizer;
 use crate::model::{DeviceSpec, LoadedModel};
 use crate::prompt::FimTemplate;
 
@@ -21,7 +21,7 @@ pub struct ReadyModel {
     pub path: PathBuf,
     pub engine: Engine,
     /// A copy for building prompts on the async side (the engine thread owns the original).
-    pub tokenizer: SpmTokenizer,
+    pub tokenizer: Tokenizer,
     /// The infilling template, or why this model cannot infill.
     pub template: Result<FimTemplate, String>,
 }

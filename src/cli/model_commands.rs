@@ -162,7 +162,7 @@ fn bench_prompt(model: &LoadedModel, len: usize) -> Vec<u32> {
         else:\n            result.append(right[j])\n            j += 1\n    \
         return result + left[i:] + right[j:]\n\n";
     let unit = model.tokenizer.encode(CODE, false);
-    let mut prompt = vec![model.tokenizer.bos_id()];
+    let mut prompt: Vec<u32> = model.tokenizer.bos_id().into_iter().collect();
     while prompt.len() < len {
         prompt.extend_from_slice(&unit);
     }
@@ -228,7 +228,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     }
     let prefill_s = seconds(started);
 
-    let mut logits = llama.forward(&[model.tokenizer.bos_id()], &mut cache, false)?;
+    let mut logits = llama.forward(&prompt[..1], &mut cache, false)?;
     let started = Instant::now();
     for _ in 0..DECODE {
         let row: Vec<f32> = logits.squeeze(0)?.to_vec1()?;

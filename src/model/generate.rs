@@ -113,7 +113,7 @@ pub fn generate(
     generation.prefill_ms = millis(prefill_end - start);
 
     let mut sampler = Sampler::new(request.sampling.clone());
-    let mut decoder = model.tokenizer.stream_decoder(false);
+    let mut decoder = model.tokenizer.stream_decoder();
     let mut history = prompt.clone();
     let hold_back = request
         .stop_strings

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 
 use super::gguf::GgufFile;
-use super::tokenizer::{FimTokens, SpmTokenizer};
+use super::tokenizer::{FimTokens, Tokenizer};
 use super::{Llama, ModelError};
 
 pub struct LoadedModel {
@@ -13,7 +13,7 @@ pub struct LoadedModel {
     /// `general.name`, or the file name.
     pub name: String,
     pub llama: Llama,
-    pub tokenizer: SpmTokenizer,
+    pub tokenizer: Tokenizer,
     /// Infilling tokens, from metadata or found by their piece texts; `None` for models that
     /// cannot infill.
     pub fim: Option<FimTokens>,
@@ -42,7 +42,7 @@ impl LoadedModel {
             });
         }
         let fim = tokenizer.fim_tokens();
-        let mut stop_tokens = vec![tokenizer.eos_id()];
+        let mut stop_tokens: Vec<u32> = tokenizer.eos_id().into_iter().collect();
         let eot = gguf
             .metadata
             .opt_u32("tokenizer.ggml.eot_token_id")
@@ -74,19 +74,7 @@ impl LoadedModel {
     }
 }
 
-/// The tokenizer a GGUF file asks for; only the Llama SentencePiece family is implemented so far.
-pub fn tokenizer_for(gguf: &GgufFile) -> Result<SpmTokenizer, ModelError> {
-    let kind = gguf
-        .metadata
-        .opt_str("tokenizer.ggml.model")?
-        .unwrap_or("llama");
-    if kind != "llama" {
-        return Err(ModelError::Invalid {
-            file: gguf.file_name().to_owned(),
-            problem: format!(
-                "tokenizer '{kind}' is not supported yet (codellama-lsp reads Llama SentencePiece vocabularies, as Code Llama and Llama 2 ship)"
-            ),
-        });
-    }
-    Ok(SpmTokenizer::from_gguf(gguf)?)
+/// The tokenizer a GGUF file asks for (Llama SentencePiece or byte-level BPE).
+pub fn tokenizer_for(gguf: &GgufFile) -> Result<Tokenizer, ModelError> {
+    Ok(Tokenizer::from_gguf(gguf)?)
 }

@@ -8,7 +8,7 @@
 //! where `encode` adds SentencePiece's leading-space marker and `encode_infilling` does not.
 //! The other llama-architecture families use prefix/suffix/middle tokens in PSM order.
 
-use crate::model::tokenizer::SpmTokenizer;
+use crate::model::tokenizer::Tokenizer;
 
 /// The order of the parts in the prompt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -81,7 +81,7 @@ pub struct FimTemplate {
 impl FimTemplate {
     /// Finds the template: infilling ids named in the GGUF metadata first (the tokenizer reads
     /// them), then the families' piece texts in the vocabulary, then a hint in the model's name.
-    pub fn detect(tokenizer: &SpmTokenizer, model_name: &str) -> Result<Self, String> {
+    pub fn detect(tokenizer: &Tokenizer, model_name: &str) -> Result<Self, String> {
         if let Some(ids) = tokenizer.fim_tokens() {
             let prefix_text = tokenizer.piece(ids.prefix).unwrap_or_default();
             let family = FAMILIES
@@ -127,12 +127,12 @@ impl FimTemplate {
     /// The prompt ids for `prefix` / `suffix` in `order` (PSM for families other than Code Llama).
     pub fn prompt(
         &self,
-        tokenizer: &SpmTokenizer,
+        tokenizer: &Tokenizer,
         prefix: &str,
         suffix: &str,
         order: FimOrder,
     ) -> Vec<u32> {
-        let bos = tokenizer.add_bos_token().then_some(tokenizer.bos_id());
+        let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos_token());
         let mut ids: Vec<u32> = bos.into_iter().collect();
         match (self.family, order) {
             (FimFamily::CodeLlama, FimOrder::Spm) => {

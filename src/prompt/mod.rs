@@ -11,7 +11,7 @@ use ropey::Rope;
 pub use fim::{FimFamily, FimOrder, FimTemplate};
 pub use window::{Window, WindowConfig};
 
-use crate::model::tokenizer::SpmTokenizer;
+use crate::model::tokenizer::Tokenizer;
 
 /// An infilling prompt and the text it was made of.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct InfillPrompt {
 /// Builds the infilling prompt for the cursor (a char index into `document`). The prompt never
 /// exceeds `config.budget_tokens` plus the template's few special tokens.
 pub fn infill(
-    tokenizer: &SpmTokenizer,
+    tokenizer: &Tokenizer,
     template: &FimTemplate,
     document: &Rope,
     cursor: usize,

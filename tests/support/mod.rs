@@ -328,3 +328,23 @@ pub fn shared_fixture(name: &str) -> Option<std::path::PathBuf> {
         None
     }
 }
+
+/// SmolLM2-135M-Instruct (a real trained llama-architecture model with a BPE vocabulary), at
+/// `$SMOLLM2_GGUF` or where `../shared/tools/get-smollm2.sh` puts it; `None` after printing why
+/// the calling test skips.
+pub fn smollm2() -> Option<std::path::PathBuf> {
+    let path = match std::env::var_os("SMOLLM2_GGUF") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => std::path::PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache/codellama-lsp-tools/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+    };
+    if path.is_file() {
+        Some(path)
+    } else {
+        eprintln!(
+            "skipping: SmolLM2 not found at {} (run ../shared/tools/get-smollm2.sh or set SMOLLM2_GGUF)",
+            path.display()
+        );
+        None
+    }
+}

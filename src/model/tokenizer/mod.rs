@@ -1,10 +1,15 @@
-//! Tokenizers. Code Llama uses Llama's SentencePiece vocabulary, see [`spm`].
+//! Tokenizers, chosen by the GGUF file's `tokenizer.ggml.model`: Llama's SentencePiece
+//! vocabulary (`llama`: Code Llama, Llama 2) in [`spm`], GPT-2 style byte-level BPE (`gpt2`:
+//! DeepSeek-Coder, SmolLM, Llama 3, Qwen, StarCoder) in [`bpe`]. Both match llama.cpp token for
+//! token; [`Tokenizer`] is what the rest of the program uses.
 
+pub mod bpe;
 pub mod spm;
 
-pub use spm::{FimTokens, SpmConfig, SpmTokenizer, StreamDecoder, TokenType};
+pub use bpe::BpeTokenizer;
+pub use spm::{FimTokens, SpmConfig, SpmTokenizer, TokenType};
 
-use crate::model::gguf::GgufError;
+use crate::model::gguf::{GgufError, GgufFile};
 
 /// Why a tokenizer could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -15,4 +20,204 @@ pub enum TokenizerError {
     /// The vocabulary is inconsistent or unsupported.
     #[error("{file}: {problem}")]
     Invalid { file: String, problem: String },
+}
+
+#[derive(Clone, Debug)]
+enum Kind {
+    // Boxed: both are large, and a tokenizer is built once per model.
+    Spm(Box<SpmTokenizer>),
+    Bpe(Box<BpeTokenizer>),
+}
+
+/// A model's tokenizer, whichever kind its file asks for.
+#[derive(Clone, Debug)]
+pub struct Tokenizer {
+    kind: Kind,
+    fim: Option<FimTokens>,
+}
+
+/// Streams text from generated ids, holding back incomplete UTF-8.
+pub enum TokenStream<'t> {
+    Spm(spm::StreamDecoder<'t>),
+    Bpe(bpe::StreamDecoder<'t>),
+}
+
+impl TokenStream<'_> {
+    pub fn push(&mut self, id: u32) -> String {
+        match self {
+            Self::Spm(decoder) => decoder.push(id),
+            Self::Bpe(decoder) => decoder.push(id),
+        }
+    }
+
+    pub fn finish(self) -> String {
+        match self {
+            Self::Spm(decoder) => decoder.finish(),
+            Self::Bpe(decoder) => decoder.finish(),
+        }
+    }
+}
+
+impl Tokenizer {
+    pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
+        let kind = file
+            .metadata
+            .opt_str("tokenizer.ggml.model")?
+            .unwrap_or("llama");
+        match kind {
+            "llama" => {
+                let spm = SpmTokenizer::from_gguf(file)?;
+                Ok(Self {
+                    fim: spm.fim_tokens(),
+                    kind: Kind::Spm(Box::new(spm)),
+                })
+            }
+            "gpt2" => {
+                let bpe = BpeTokenizer::from_gguf(file)?;
+                for warning in bpe.warnings() {
+                    tracing::warn!("{}: {warning}", file.file_name());
+                }
+                Ok(Self {
+                    fim: fim_from_metadata(file)?,
+                    kind: Kind::Bpe(Box::new(bpe)),
+                })
+            }
+            other => Err(TokenizerError::Invalid {
+                file: file.file_name().to_owned(),
+                problem: format!(
+                    "tokenizer '{other}' is not supported (codellama-lsp reads 'llama' SentencePiece and 'gpt2' byte-level BPE vocabularies)"
+                ),
+            }),
+        }
+    }
+
+    pub fn from_spm(spm: SpmTokenizer) -> Self {
+        Self {
+            fim: spm.fim_tokens(),
+            kind: Kind::Spm(Box::new(spm)),
+        }
+    }
+
+    /// Token ids of `text`, as llama.cpp tokenizes with `parse_special = false`.
+    pub fn encode(&self, text: &str, add_bos: bool) -> Vec<u32> {
+        match &self.kind {
+            Kind::Spm(t) => t.encode(text, add_bos),
+            Kind::Bpe(t) => t.encode(text, add_bos),
+        }
+    }
+
+    /// Token ids of `text` continuing other text: without SentencePiece's implicit leading
+    /// space (Meta's `encode_infilling`); byte-level BPE adds no such space anyway. No BOS.
+    pub fn encode_infilling(&self, text: &str) -> Vec<u32> {
+        match &self.kind {
+            Kind::Spm(t) => t.encode_infilling(text),
+            Kind::Bpe(t) => t.encode(text, false),
+        }
+    }
+
+    /// Text of generated ids (no prompt before them: SentencePiece's leading space is kept).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match &self.kind {
+            Kind::Spm(t) => t.decode(ids, false),
+            Kind::Bpe(t) => t.decode(ids),
+        }
+    }
+
+    pub fn stream_decoder(&self) -> TokenStream<'_> {
+        match &self.kind {
+            Kind::Spm(t) => TokenStream::Spm(t.stream_decoder(false)),
+            Kind::Bpe(t) => TokenStream::Bpe(t.stream_decoder()),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match &self.kind {
+            Kind::Spm(t) => t.vocab_size(),
+            Kind::Bpe(t) => t.vocab_size(),
+        }
+    }
+
+    pub fn bos_id(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Spm(t) => Some(t.bos_id()),
+            Kind::Bpe(t) => t.bos_id(),
+        }
+    }
+
+    pub fn eos_id(&self) -> Option<u32> {
+        match &self.kind {
+            Kind::Spm(t) => Some(t.eos_id()),
+            Kind::Bpe(t) => t.eos_id(),
+        }
+    }
+
+    /// Whether prompts start with BOS (from `tokenizer.ggml.add_bos_token`, else the family's
+    /// default).
+    pub fn add_bos_token(&self) -> bool {
+        match &self.kind {
+            Kind::Spm(t) => t.add_bos_token(),
+            Kind::Bpe(t) => t.add_bos_token(),
+        }
+    }
+
+    /// The piece text of `id` as stored in the vocabulary.
+    pub fn piece(&self, id: u32) -> Option<&str> {
+        match &self.kind {
+            Kind::Spm(t) => t.piece(id),
+            Kind::Bpe(t) => t.piece(id),
+        }
+    }
+
+    /// The id of the piece spelled exactly `text` (a linear scan: for setup, not hot paths).
+    pub fn piece_to_id(&self, text: &str) -> Option<u32> {
+        match &self.kind {
+            Kind::Spm(t) => t.piece_to_id(text),
+            Kind::Bpe(t) => t.piece_to_id(text),
+        }
+    }
+
+    /// Infilling ids named by the file (or, for Code Llama's vocabulary, found by piece text).
+    pub fn fim_tokens(&self) -> Option<FimTokens> {
+        self.fim
+    }
+
+    /// "llama" or "gpt2", as GGUF names them.
+    pub fn kind_name(&self) -> &'static str {
+        match &self.kind {
+            Kind::Spm(_) => "llama",
+            Kind::Bpe(_) => "gpt2",
+        }
+    }
+}
+
+/// The FIM ids a GGUF file names (current `fim_*` keys or the older `prefix`/`suffix`/`middle`).
+fn fim_from_metadata(file: &GgufFile) -> Result<Option<FimTokens>, TokenizerError> {
+    let id = |new: &str, old: &str| -> Result<Option<u32>, GgufError> {
+        match file
+            .metadata
+            .opt_u32(&format!("tokenizer.ggml.{new}_token_id"))?
+        {
+            Some(id) => Ok(Some(id)),
+            None => file
+                .metadata
+                .opt_u32(&format!("tokenizer.ggml.{old}_token_id")),
+        }
+    };
+    let (prefix, suffix, middle) = (
+        id("fim_pre", "prefix")?,
+        id("fim_suf", "suffix")?,
+        id("fim_mid", "middle")?,
+    );
+    let eot = file.metadata.opt_u32("tokenizer.ggml.eot_token_id")?;
+    Ok(match (prefix, suffix, middle) {
+        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens {
+            prefix,
+            suffix,
+            middle,
+            eot: eot
+                .or(file.metadata.opt_u32("tokenizer.ggml.eos_token_id")?)
+                .unwrap_or(middle),
+        }),
+        _ => None,
+    })
 }

@@ -1,0 +1,61 @@
+//! A real trained model (SmolLM2-135M-Instruct, Q4_1: GQA 9/3 heads, RoPE base 1e5, byte-level
+//! BPE, tied embeddings): the forward pass must agree with the reference and produce real text.
+
+mod support;
+
+use candle_core::{Device, Tensor};
+use candle_transformers::models::quantized_llama::ModelWeights;
+use codellama_lsp::model::LoadedModel;
+use codellama_lsp::model::generate::{FinishReason, GenerationRequest, generate};
+
+#[test]
+fn greedy_text_is_real_and_logits_match_the_reference() {
+    let Some(path) = support::smollm2() else {
+        return;
+    };
+    let model = LoadedModel::load(&path, &Device::Cpu, Some(512)).unwrap();
+    assert_eq!(model.tokenizer.kind_name(), "gpt2");
+    let prompt = model.tokenizer.encode("The capital of France is", true);
+
+    // Logits after the prompt, against candle-transformers' quantized_llama.
+    let mut cache = model.llama.new_cache().unwrap();
+    let ours: Vec<f32> = model
+        .llama
+        .forward(&prompt, &mut cache, false)
+        .unwrap()
+        .get(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = candle_core::quantized::gguf_file::Content::read(&mut file).unwrap();
+    let mut reference = ModelWeights::from_gguf(content, &mut file, &Device::Cpu).unwrap();
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let expected: Vec<f32> = reference
+        .forward(&input, 0)
+        .unwrap()
+        .squeeze(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let diff = ours
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    // Real logits reach ±20; Q4_1 matmuls quantize activations, so allow 1e-2 absolute.
+    assert!(diff < 1e-2, "max |Δ| = {diff}");
+
+    let mut cache = model.llama.new_cache().unwrap();
+    let request = GenerationRequest {
+        prompt,
+        max_new_tokens: 8,
+        ..GenerationRequest::default()
+    };
+    let generation = generate(&model, &mut cache, &request, &|| false, &mut |_| {}).unwrap();
+    assert!(generation.text.contains("Paris"), "{:?}", generation.text);
+    assert_ne!(generation.finish, FinishReason::Stopped);
+}
