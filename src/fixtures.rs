@@ -267,73 +267,25 @@ pub fn generate(variant: Variant) -> Result<Vec<u8>, String> {
     )?;
     let head_dim = EMBEDDING / HEADS;
     let projection = 1.0 / (EMBEDDING as f32).sqrt() * 1.7;
+    let kv_width = KV_HEADS * head_dim;
+    let down_scale = 1.0 / 16.0 * 1.7;
+    // (name, rows = outputs, row length = inputs, scale)
+    let layer_matrices = [
+        ("attn_q.weight", EMBEDDING, EMBEDDING, projection),
+        ("attn_k.weight", kv_width, EMBEDDING, projection),
+        ("attn_v.weight", kv_width, EMBEDDING, projection),
+        ("attn_output.weight", EMBEDDING, EMBEDDING, projection),
+        ("ffn_gate.weight", FEED_FORWARD, EMBEDDING, projection),
+        ("ffn_up.weight", FEED_FORWARD, EMBEDDING, projection),
+        ("ffn_down.weight", EMBEDDING, FEED_FORWARD, down_scale),
+    ];
     for layer in 0..LAYERS {
-        let name = |suffix: &str| format!("blk.{layer}.{suffix}");
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("attn_q.weight"),
-            EMBEDDING,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("attn_k.weight"),
-            KV_HEADS * head_dim,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("attn_v.weight"),
-            KV_HEADS * head_dim,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("attn_output.weight"),
-            EMBEDDING,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("ffn_gate.weight"),
-            FEED_FORWARD,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("ffn_up.weight"),
-            FEED_FORWARD,
-            EMBEDDING,
-            projection,
-        )?;
-        matrix(
-            &mut writer,
-            &mut rng,
-            variant,
-            &name("ffn_down.weight"),
-            EMBEDDING,
-            FEED_FORWARD,
-            1.0 / 16.0 * 1.7,
-        )?;
+        for (suffix, rows, row_len, scale) in layer_matrices {
+            let name = format!("blk.{layer}.{suffix}");
+            matrix(&mut writer, &mut rng, variant, &name, rows, row_len, scale)?;
+        }
         for norm in ["attn_norm.weight", "ffn_norm.weight"] {
-            norm_vector(&mut writer, &name(norm), &mut rng)?;
+            norm_vector(&mut writer, &format!("blk.{layer}.{norm}"), &mut rng)?;
         }
     }
     norm_vector(&mut writer, "output_norm.weight", &mut rng)?;

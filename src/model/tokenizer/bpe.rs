@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use regex::Regex;
 
-use super::TokenizerError;
+use super::{Fragment, TokenizerError};
 use crate::model::gguf::{GgufFile, Metadata};
 
 /// Token types as stored in `tokenizer.ggml.token_type`.
@@ -610,11 +610,6 @@ pub struct BpeTokenizer {
     add_bos: bool,
 }
 
-enum Fragment<'t> {
-    Text(&'t str),
-    Token(u32),
-}
-
 impl BpeTokenizer {
     /// Builds the tokenizer from a GGUF file's metadata.
     pub fn from_gguf(file: &GgufFile) -> Result<Self, TokenizerError> {
@@ -977,34 +972,9 @@ impl BpeTokenizer {
 
     /// Splits user-defined tokens out of raw text, longest text first (llama.cpp's order).
     fn split_user_defined<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
-        let mut fragments = Vec::new();
-        if text.is_empty() {
-            return fragments;
-        }
-        fragments.push(Fragment::Text(text));
-        for &id in &self.user_defined {
-            let piece = self.tokens[id as usize].as_str();
-            let mut next = Vec::with_capacity(fragments.len());
-            for fragment in fragments {
-                let Fragment::Text(t) = fragment else {
-                    next.push(fragment);
-                    continue;
-                };
-                let mut rest = 0;
-                for (at, m) in t.match_indices(piece) {
-                    if at > rest {
-                        next.push(Fragment::Text(&t[rest..at]));
-                    }
-                    next.push(Fragment::Token(id));
-                    rest = at + m.len();
-                }
-                if rest < t.len() {
-                    next.push(Fragment::Text(&t[rest..]));
-                }
-            }
-            fragments = next;
-        }
-        fragments
+        super::split_user_defined(text, &self.user_defined, |id| {
+            self.tokens[id as usize].as_str()
+        })
     }
 
     fn part(&self, text: &str) -> u32 {

@@ -190,6 +190,51 @@ impl Tokenizer {
     }
 }
 
+/// A stretch of raw text, or a user-defined token already split out of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fragment<'t> {
+    Text(&'t str),
+    Token(u32),
+}
+
+/// Splits the user-defined tokens `user_defined` (ordered longest text first, as llama.cpp tries
+/// them) out of `text`, even though special-token parsing is off: llama.cpp does this for both
+/// tokenizer kinds, and token parity means doing it too.
+fn split_user_defined<'t, 'v>(
+    text: &'t str,
+    user_defined: &[u32],
+    piece: impl Fn(u32) -> &'v str,
+) -> Vec<Fragment<'t>> {
+    let mut fragments = Vec::new();
+    if text.is_empty() {
+        return fragments;
+    }
+    fragments.push(Fragment::Text(text));
+    for &id in user_defined {
+        let piece = piece(id);
+        let mut next = Vec::with_capacity(fragments.len());
+        for fragment in fragments {
+            let Fragment::Text(t) = fragment else {
+                next.push(fragment);
+                continue;
+            };
+            let mut rest = 0;
+            for (at, m) in t.match_indices(piece) {
+                if at > rest {
+                    next.push(Fragment::Text(&t[rest..at]));
+                }
+                next.push(Fragment::Token(id));
+                rest = at + m.len();
+            }
+            if rest < t.len() {
+                next.push(Fragment::Text(&t[rest..]));
+            }
+        }
+        fragments = next;
+    }
+    fragments
+}
+
 /// The FIM ids a GGUF file names (current `fim_*` keys or the older `prefix`/`suffix`/`middle`).
 fn fim_from_metadata(file: &GgufFile) -> Result<Option<FimTokens>, TokenizerError> {
     let id = |new: &str, old: &str| -> Result<Option<u32>, GgufError> {

@@ -18,7 +18,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 
-use super::TokenizerError;
+use super::{Fragment, TokenizerError};
 use crate::model::gguf::{GgufFile, Metadata};
 
 /// SentencePiece piece types as stored in `tokenizer.ggml.token_type`.
@@ -172,11 +172,6 @@ impl Symbol {
     fn range(&self) -> std::ops::Range<usize> {
         self.start as usize..(self.start + self.len) as usize
     }
-}
-
-enum Fragment<'t> {
-    Text(&'t str),
-    Token(u32),
 }
 
 fn byte_piece_value(text: &str) -> Option<u8> {
@@ -530,34 +525,9 @@ impl SpmTokenizer {
 
     /// Splits user-defined pieces out of raw text, longest piece first (llama.cpp's order).
     fn split_user_defined<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
-        let mut fragments = Vec::new();
-        if text.is_empty() {
-            return fragments;
-        }
-        fragments.push(Fragment::Text(text));
-        for &id in &self.user_defined {
-            let piece = self.pieces[id as usize].text.as_str();
-            let mut next = Vec::with_capacity(fragments.len());
-            for fragment in fragments {
-                let Fragment::Text(t) = fragment else {
-                    next.push(fragment);
-                    continue;
-                };
-                let mut rest = 0;
-                for (at, m) in t.match_indices(piece) {
-                    if at > rest {
-                        next.push(Fragment::Text(&t[rest..at]));
-                    }
-                    next.push(Fragment::Token(id));
-                    rest = at + m.len();
-                }
-                if rest < t.len() {
-                    next.push(Fragment::Text(&t[rest..]));
-                }
-            }
-            fragments = next;
-        }
-        fragments
+        super::split_user_defined(text, &self.user_defined, |id| {
+            self.pieces[id as usize].text.as_str()
+        })
     }
 
     /// The merge loop on one raw-text fragment.
