@@ -112,7 +112,11 @@ impl Completer {
         let Some(model) = host.ready(deadline).await else {
             return Ok((Outcome::Nothing, None));
         };
-        let template = model.template.clone()?;
+        // A model that cannot infill was reported once, when it loaded; every keystroke erroring
+        // again would only be noise.
+        let Ok(template) = model.template.clone() else {
+            return Ok((Outcome::Nothing, None));
+        };
         let window = WindowConfig {
             budget_tokens: settings.prompt_budget(),
             prefix_share: settings.prefix_share,

@@ -199,3 +199,30 @@ fn a_missing_model_is_reported_and_requests_answer_empty() {
     assert_eq!(client.response(&json!(id))["result"], json!([]));
     assert!(client.shutdown().success());
 }
+
+#[test]
+fn invalid_initialization_options_are_reported_and_the_server_still_starts() {
+    let mut client = LspClient::spawn(&[]);
+    let response = client.call(
+        "initialize",
+        json!({"processId": null, "capabilities": {}, "initializationOptions": {"maxTokens": 0}}),
+    );
+    assert!(response.get("result").is_some(), "{response}");
+    client.notify("initialized", json!({}));
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        let messages = client.notifications("window/showMessage");
+        if messages.iter().any(|m| {
+            m["params"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("maxTokens")
+        }) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{messages:?}");
+        let message = client.next_message();
+        client.backlog.push(message);
+    }
+    assert!(client.shutdown().success());
+}

@@ -31,6 +31,8 @@ pub struct Backend {
     session: Arc<Session>,
     host: Arc<ModelHost>,
     completer: Arc<Completer>,
+    /// A problem found during `initialize`, shown once the client can display messages.
+    startup_warning: std::sync::Mutex<Option<String>>,
 }
 
 /// A suggestion at a cursor, in the negotiated encoding.
@@ -46,6 +48,7 @@ impl Backend {
             session,
             host: Arc::new(ModelHost::new()),
             completer: Arc::new(Completer::new()),
+            startup_warning: std::sync::Mutex::default(),
         }
     }
 
@@ -234,7 +237,14 @@ impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         let encoding = capabilities::negotiate_encoding(&params.capabilities);
         if let Some(options) = &params.initialization_options {
-            self.apply_settings(options).map_err(invalid_params)?;
+            // Bad options must not stop the editor from starting us: keep the defaults, say why.
+            if let Err(problem) = self.apply_settings(options) {
+                tracing::warn!("initializationOptions: {problem}");
+                *self
+                    .startup_warning
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = Some(problem);
+            }
         }
         let progress = params
             .capabilities
@@ -257,6 +267,17 @@ impl LanguageServer for Backend {
 
     async fn initialized(&self, _: InitializedParams) {
         tracing::info!("codellama-lsp {} ready", crate::VERSION);
+        let warning = self
+            .startup_warning
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(problem) = warning {
+            let message = format!(
+                "codellama-lsp: initializationOptions: {problem}; using the defaults for them"
+            );
+            self.client.show_message(MessageType::ERROR, message).await;
+        }
         self.load_configured_model(self.session.settings()).await;
     }
 
