@@ -238,3 +238,58 @@ impl Completer {
             .remove(uri);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typing_the_start_of_the_last_suggestion_serves_the_rest() {
+        let completer = Completer::new();
+        let uri = "file:///a.py";
+        let shown = completer.finish(uri, 3, "    total = ".into(), Some("sum(values)".into()));
+        assert_eq!(shown, Outcome::Suggestion("sum(values)".into()));
+        assert_eq!(
+            completer.typed_ahead(uri, 3, "    total = su").as_deref(),
+            Some("m(values)")
+        );
+        // Typed something else, moved to another line, or another document: no shortcut.
+        assert_eq!(completer.typed_ahead(uri, 3, "    total = x"), None);
+        assert_eq!(completer.typed_ahead(uri, 4, "    total = su"), None);
+        assert_eq!(
+            completer.typed_ahead("file:///b.py", 3, "    total = su"),
+            None
+        );
+        // Nothing typed yet is not a shortcut (the model is asked again), nor is typing it all.
+        assert_eq!(completer.typed_ahead(uri, 3, "    total = "), None);
+        assert_eq!(
+            completer.typed_ahead(uri, 3, "    total = sum(values)"),
+            None
+        );
+        completer.finish(uri, 3, "    total = ".into(), None);
+        assert_eq!(
+            completer.typed_ahead(uri, 3, "    total = su"),
+            None,
+            "forgotten after an empty answer"
+        );
+    }
+
+    #[test]
+    fn the_prompt_cache_keeps_the_most_recent_entries() {
+        let completer = Completer::new();
+        for i in 0..(CACHE_ENTRIES as u32 + 5) {
+            completer.remember(vec![i], Some(format!("answer {i}")));
+        }
+        assert_eq!(completer.cached(&[0]), None, "evicted");
+        assert_eq!(
+            completer.cached(&[CACHE_ENTRIES as u32 + 4]),
+            Some(Some(format!("answer {}", CACHE_ENTRIES + 4)))
+        );
+        completer.remember(vec![7], None);
+        assert_eq!(
+            completer.cached(&[7]),
+            Some(None),
+            "an empty answer is cached too"
+        );
+    }
+}

@@ -16,7 +16,9 @@ fn greedy_ids_equal_llama_cpp() {
     let golden: Value = serde_json::from_str(include_str!("data/llama_cpp_greedy.json")).unwrap();
     let mut runs = 0;
     for model in golden["models"].as_array().unwrap() {
-        let Some(path) = support::shared_fixture(model["file"].as_str().unwrap()) else { return };
+        let Some(path) = support::shared_fixture(model["file"].as_str().unwrap()) else {
+            return;
+        };
         let (llama, _) = Llama::load(&path, &Device::Cpu, Some(128)).unwrap();
         for run in model["runs"].as_array().unwrap() {
             let prompt: Vec<u32> = serde_json::from_value(run["prompt"].clone()).unwrap();

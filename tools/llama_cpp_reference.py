@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Reference outputs from llama.cpp (through llama-cpp-python) for the tiny fixture models.
 
-Usage: venv/bin/python reference.py [OUT_JSON]   (default: reference.json beside this file)
+Usage: python tools/llama_cpp_reference.py [OUT_JSON]   (needs llama-cpp-python; not run by the tests)
 
 For each model: tokenization of fixed prompts (add_bos=True, special=False), greedy generation of
 exactly 24 tokens (argmax computed here in numpy, lowest index wins ties, EOS not honoured), with the
@@ -17,7 +17,7 @@ import numpy as np
 import llama_cpp
 from llama_cpp import Llama
 
-FIXTURES = Path("/work/shared/fixtures")
+FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"  # ../shared/fixtures
 MODELS = ["llama-2-tiny-random.gguf", "codellama-tiny-random.gguf", "codellama-tiny-random-legacy.gguf"]
 N_GEN = 24
 LLAMA_CPP_COMMIT = "0c1e57098bba43ac29e6e3b677cdceebdd22334f"
