@@ -26,7 +26,7 @@ use std::sync::Mutex;
 
 use regex::Regex;
 
-use super::{Fragment, TokenizerError};
+use super::{Fragment, TokenizerError, Utf8Stream};
 use crate::model::gguf::{GgufFile, Metadata};
 
 /// Token types as stored in `tokenizer.ggml.token_type`.
@@ -1110,7 +1110,7 @@ impl BpeTokenizer {
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder {
             tokenizer: self,
-            pending: Vec::new(),
+            utf8: Utf8Stream::default(),
         }
     }
 }
@@ -1148,58 +1148,24 @@ fn byte_token_value(text: &str) -> Option<u8> {
 #[derive(Debug)]
 pub struct StreamDecoder<'t> {
     tokenizer: &'t BpeTokenizer,
-    pending: Vec<u8>,
+    utf8: Utf8Stream,
 }
 
 impl StreamDecoder<'_> {
     /// Adds one id and returns the text that is now complete (possibly empty). Bytes that can
     /// never become valid UTF-8 are replaced by U+FFFD right away.
     pub fn push(&mut self, id: u32) -> String {
-        self.pending
-            .extend_from_slice(self.tokenizer.piece_bytes(id));
-        self.take_complete()
+        self.utf8.push(self.tokenizer.piece_bytes(id))
     }
 
     /// Whether bytes of an incomplete character are held back.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.utf8.has_pending()
     }
 
     /// Returns whatever is left; an incomplete character becomes U+FFFD.
-    pub fn finish(mut self) -> String {
-        let mut out = self.take_complete();
-        out.push_str(&String::from_utf8_lossy(&self.pending));
-        out
-    }
-
-    fn take_complete(&mut self) -> String {
-        let mut out = String::new();
-        let mut consumed = 0;
-        while consumed < self.pending.len() {
-            let rest = &self.pending[consumed..];
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    out.push_str(s);
-                    consumed = self.pending.len();
-                }
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    // The prefix up to `valid` is UTF-8 by definition.
-                    out.push_str(&String::from_utf8_lossy(&rest[..valid]));
-                    consumed += valid;
-                    match e.error_len() {
-                        Some(n) => {
-                            out.push('\u{FFFD}');
-                            consumed += n;
-                        }
-                        // Possibly the start of a character whose bytes are still to come.
-                        None => break,
-                    }
-                }
-            }
-        }
-        self.pending.drain(..consumed);
-        out
+    pub fn finish(self) -> String {
+        self.utf8.finish()
     }
 }
 

@@ -190,6 +190,58 @@ impl Tokenizer {
     }
 }
 
+/// Bytes of generated tokens, released as text only once they form whole UTF-8 characters (a
+/// character may be split across byte-fallback tokens). Bytes that can never become valid are
+/// replaced by U+FFFD as soon as that is certain.
+#[derive(Debug, Default)]
+pub struct Utf8Stream {
+    pending: Vec<u8>,
+}
+
+impl Utf8Stream {
+    /// Adds bytes and returns the text that is now complete (possibly empty).
+    pub fn push(&mut self, bytes: &[u8]) -> String {
+        self.pending.extend_from_slice(bytes);
+        let mut out = String::new();
+        let mut consumed = 0;
+        while consumed < self.pending.len() {
+            let rest = &self.pending[consumed..];
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    out.push_str(text);
+                    consumed = self.pending.len();
+                }
+                Err(error) => {
+                    let (valid, after) = rest.split_at(error.valid_up_to());
+                    out.push_str(&String::from_utf8_lossy(valid));
+                    consumed += valid.len();
+                    match error.error_len() {
+                        // Proven invalid: replace it and go on after it.
+                        Some(n) => {
+                            out.push('\u{FFFD}');
+                            consumed += n.min(after.len());
+                        }
+                        // Possibly the start of a character whose bytes are still to come.
+                        None => break,
+                    }
+                }
+            }
+        }
+        self.pending.drain(..consumed);
+        out
+    }
+
+    /// Whether bytes of an incomplete character are held back.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Whatever is left; an incomplete character becomes U+FFFD.
+    pub fn finish(self) -> String {
+        String::from_utf8_lossy(&self.pending).into_owned()
+    }
+}
+
 /// A stretch of raw text, or a user-defined token already split out of it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Fragment<'t> {

@@ -18,7 +18,7 @@
 
 use std::collections::{BinaryHeap, HashMap};
 
-use super::{Fragment, TokenizerError};
+use super::{Fragment, TokenizerError, Utf8Stream};
 use crate::model::gguf::{GgufFile, Metadata};
 
 /// SentencePiece piece types as stored in `tokenizer.ggml.token_type`.
@@ -669,7 +669,7 @@ impl SpmTokenizer {
     pub fn stream_decoder(&self, skip_leading_space: bool) -> StreamDecoder<'_> {
         StreamDecoder {
             tokenizer: self,
-            pending: Vec::new(),
+            utf8: Utf8Stream::default(),
             skip_space: skip_leading_space,
         }
     }
@@ -680,7 +680,7 @@ impl SpmTokenizer {
 #[derive(Debug)]
 pub struct StreamDecoder<'t> {
     tokenizer: &'t SpmTokenizer,
-    pending: Vec<u8>,
+    utf8: Utf8Stream,
     skip_space: bool,
 }
 
@@ -692,51 +692,17 @@ impl StreamDecoder<'_> {
             piece = piece.strip_prefix(b" ").unwrap_or(piece);
             self.skip_space = false;
         }
-        self.pending.extend_from_slice(piece);
-        self.take_complete()
+        self.utf8.push(piece)
     }
 
     /// Whether bytes of an incomplete character are held back.
     pub fn has_pending(&self) -> bool {
-        !self.pending.is_empty()
+        self.utf8.has_pending()
     }
 
     /// Returns whatever is left; an incomplete character becomes U+FFFD.
-    pub fn finish(mut self) -> String {
-        let mut out = self.take_complete();
-        out.push_str(&String::from_utf8_lossy(&self.pending));
-        out
-    }
-
-    fn take_complete(&mut self) -> String {
-        let mut out = String::new();
-        let mut consumed = 0;
-        loop {
-            let rest = &self.pending[consumed..];
-            match std::str::from_utf8(rest) {
-                Ok(s) => {
-                    out.push_str(s);
-                    consumed = self.pending.len();
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    out.push_str(&String::from_utf8_lossy(valid));
-                    consumed += valid.len();
-                    match e.error_len() {
-                        // Proven invalid: replace it and go on after it.
-                        Some(n) => {
-                            out.push('\u{FFFD}');
-                            consumed += n.min(after.len());
-                        }
-                        // Possibly the start of a character whose bytes are still to come.
-                        None => break,
-                    }
-                }
-            }
-        }
-        self.pending.drain(..consumed);
-        out
+    pub fn finish(self) -> String {
+        self.utf8.finish()
     }
 }
 
