@@ -3,6 +3,7 @@
 //! See ARCHITECTURE.md for the map. The short version: `lsp` is a thin protocol layer over a pure,
 //! IO-free core (`document`, `session`), and `cli` is the entry point.
 
+pub mod actions;
 pub mod cli;
 pub mod completion;
 pub mod document;

@@ -49,3 +49,13 @@ pub(crate) use require_fixture;
 
 /// A deterministic generator for test inputs (the fixtures' generator).
 pub use crate::fixtures::SplitMix64 as Rng;
+
+/// The tokenizer of the project's own Code-Llama-shaped fixture (committed in `fixtures/`, so
+/// always present): Llama 2's vocabulary plus the 16 Code Llama pieces.
+pub fn fixture_tokenizer() -> crate::model::tokenizer::Tokenizer {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("codellama-lsp-tiny-q8_0.gguf");
+    let file = crate::model::gguf::GgufFile::read(&path).expect("the committed fixture reads");
+    crate::model::tokenizer::Tokenizer::from_gguf(&file).expect("its tokenizer loads")
+}

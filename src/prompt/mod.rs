@@ -3,11 +3,13 @@
 //! `fim` knows the infilling templates; `window` picks the text around the cursor. [`infill`]
 //! puts them together: the exact ids a model sees for a completion at the cursor.
 
+pub mod chat;
 pub mod fim;
 pub mod window;
 
 use ropey::Rope;
 
+pub use chat::{Chat, ChatTemplate};
 pub use fim::{FimFamily, FimOrder, FimTemplate};
 pub use window::{Window, WindowConfig};
 
