@@ -155,6 +155,7 @@ impl Completer {
                     ..SamplingParams::default()
                 },
                 stop_strings: Vec::new(),
+                stop_tokens: Vec::new(),
                 deadline: Some(deadline),
             },
             supersede_key: Some(request.uri.clone()),

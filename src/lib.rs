@@ -4,6 +4,7 @@
 //! IO-free core (`document`, `session`), and `cli` is the entry point.
 
 pub mod actions;
+pub mod assist;
 pub mod cli;
 pub mod completion;
 pub mod document;

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::engine::Engine;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{DeviceSpec, LoadedModel};
-use crate::prompt::FimTemplate;
+use crate::prompt::{ChatTemplate, FimTemplate};
 
 /// What a request needs from a loaded model, besides the engine that runs it.
 pub struct ReadyModel {
@@ -24,6 +24,10 @@ pub struct ReadyModel {
     pub tokenizer: Tokenizer,
     /// The infilling template, or why this model cannot infill.
     pub template: Result<FimTemplate, String>,
+    /// How this model's conversations are laid out.
+    pub chat: ChatTemplate,
+    /// Positions the KV cache holds: the prompt and the answer must fit in them together.
+    pub context_tokens: usize,
 }
 
 #[derive(Clone)]
@@ -91,6 +95,8 @@ impl ModelHost {
             let model =
                 LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
             let template = FimTemplate::detect(&model.tokenizer, &model.name);
+            let chat = ChatTemplate::detect(&model.tokenizer);
+            let context_tokens = model.llama.max_positions();
             let tokenizer = model.tokenizer.clone();
             let name = model.name.clone();
             let engine = Engine::start(model).map_err(|e| e.to_string())?;
@@ -100,6 +106,8 @@ impl ModelHost {
                 engine,
                 tokenizer,
                 template,
+                chat,
+                context_tokens,
             })
         })
         .await
@@ -113,6 +121,16 @@ impl ModelHost {
             Err(error) => ModelState::Failed(error),
         });
         Some(outcome)
+    }
+
+    /// Why there is no model to use now, in words that say what to do.
+    pub fn unavailable_reason(&self) -> String {
+        match self.state() {
+            ModelState::Unconfigured => "no model is configured: set \"model\" to a GGUF file in the editor's settings, or start the server with --model PATH".into(),
+            ModelState::Loading(path) => format!("the model {} is still loading; try again in a moment", path.display()),
+            ModelState::Failed(error) => format!("the model could not be loaded ({error}); fix \"model\" in the settings"),
+            ModelState::Ready(model) => format!("{} is ready", model.name),
+        }
     }
 
     /// The ready model, waiting for a load in progress until `deadline`.

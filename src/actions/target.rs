@@ -259,18 +259,15 @@ fn describe(language: Language, definition: Definition<'_>, source: &str) -> Loo
     }
     let mut first = anchor;
     // Rust attributes are siblings before the item; its documentation goes above them.
-    while language == Language::Rust {
-        match first.prev_named_sibling() {
-            Some(previous)
-                if previous.kind() == "attribute_item"
-                    && last_row(previous) + 1 >= first.start_position().row =>
-            {
-                if text(previous, source).contains("doc") {
-                    return Lookup::Documented { kind, name };
-                }
-                first = previous;
+    if language == Language::Rust {
+        while let Some(previous) = first.prev_named_sibling().filter(|previous| {
+            previous.kind() == "attribute_item"
+                && last_row(*previous) + 1 >= first.start_position().row
+        }) {
+            if text(previous, source).replace(' ', "").starts_with("#[doc") {
+                return Lookup::Documented { kind, name };
             }
-            _ => break,
+            first = previous;
         }
     }
     if let Some(previous) = first.prev_sibling()

@@ -23,6 +23,9 @@ pub struct GenerationRequest {
     pub sampling: SamplingParams,
     /// Text that ends the generation; it is not included in the output.
     pub stop_strings: Vec<String>,
+    /// Tokens that end the generation besides the model's own (e.g. a chat template's end of
+    /// turn); they are not included in the output.
+    pub stop_tokens: Vec<u32>,
     /// Return what is ready at this instant.
     pub deadline: Option<Instant>,
 }
@@ -135,7 +138,7 @@ pub fn generate(
             .and_then(|row| row.to_vec1::<f32>())
             .map_err(|error| ModelError::candle("reading logits", error))?;
         let token = sampler.sample(&row, &history);
-        if model.stop_tokens.contains(&token) {
+        if model.stop_tokens.contains(&token) || request.stop_tokens.contains(&token) {
             break FinishReason::EndOfText;
         }
         generation.ids.push(token);
