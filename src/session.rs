@@ -5,7 +5,10 @@
 //! text-sync path (which runs on the reader, in arrival order) cannot be stalled by a slow request.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::Notify;
 
 use crate::document::{Document, PositionEncoding, TextChange};
 use crate::settings::{Settings, SettingsLayer};
@@ -23,7 +26,49 @@ struct State {
     initialized: bool,
     shutdown_requested: bool,
     settings: Settings,
-    work_done_progress: bool,
+    client: ClientSupport,
+    /// Work in progress that the client may cancel, by progress token.
+    cancellable: HashMap<String, Arc<CancelFlag>>,
+}
+
+/// What the client said it can do, where our answers depend on it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientSupport {
+    /// `window/workDoneProgress/create` and `$/progress`.
+    pub work_done_progress: bool,
+    /// Versioned `documentChanges` in workspace edits (else only unversioned `changes`).
+    pub versioned_edits: bool,
+    /// `CodeAction` literals in `textDocument/codeAction` answers (else only `Command`s).
+    pub code_action_literals: bool,
+}
+
+/// Set once, by a cancel from the client; waited on by the work it cancels.
+#[derive(Default)]
+pub struct CancelFlag {
+    cancelled: AtomicBool,
+    notify: Notify,
+}
+
+impl CancelFlag {
+    pub fn cancel(&self) {
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `cancel` has been called (at once if it already was).
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// Shared by the protocol handlers and the transport; cheap to lock, never held across awaits.
@@ -55,13 +100,31 @@ impl Session {
         Ok(state.settings.clone())
     }
 
-    /// Whether the client accepts `window/workDoneProgress/create`.
-    pub fn set_work_done_progress(&self, supported: bool) {
-        self.lock().work_done_progress = supported;
+    pub fn set_client_support(&self, support: ClientSupport) {
+        self.lock().client = support;
     }
 
-    pub fn work_done_progress(&self) -> bool {
-        self.lock().work_done_progress
+    pub fn client_support(&self) -> ClientSupport {
+        self.lock().client
+    }
+
+    /// Registers work the client can cancel with `window/workDoneProgress/cancel` on `token`.
+    pub fn cancellable(&self, token: &str) -> Arc<CancelFlag> {
+        let flag = Arc::new(CancelFlag::default());
+        self.lock()
+            .cancellable
+            .insert(token.to_owned(), flag.clone());
+        flag
+    }
+
+    pub fn forget_cancellable(&self, token: &str) {
+        self.lock().cancellable.remove(token);
+    }
+
+    /// Cancels the work behind `token`; false when there is none (it already ended).
+    pub fn cancel(&self, token: &str) -> bool {
+        let flag = self.lock().cancellable.get(token).cloned();
+        flag.map(|flag| flag.cancel()).is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

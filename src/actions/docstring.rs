@@ -124,8 +124,18 @@ pub fn infill_prompt(language: Language, target: &DocTarget, source: &str) -> In
     }
 }
 
-/// The chat prompt: system and user messages asking for only the words of the docstring.
-pub fn chat_prompt(language: Language, target: &DocTarget, source: &str) -> (String, String) {
+/// A chat prompt for a docstring. The answer is primed with the opening of the comment, so even
+/// a small model writes the words of a docstring rather than code; it then reads like an
+/// infilled middle ([`Answer::Infill`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatAsk {
+    pub system: String,
+    pub user: String,
+    pub answer_prefix: String,
+    pub stop: Vec<String>,
+}
+
+pub fn chat_prompt(language: Language, target: &DocTarget, source: &str) -> ChatAsk {
     let style = Style::of(language);
     let code = source.get(target.code.clone()).unwrap_or_default();
     let system = format!(
@@ -134,14 +144,24 @@ pub fn chat_prompt(language: Language, target: &DocTarget, source: &str) -> (Str
     );
     let user = format!(
         "Write the documentation for the {kind} `{name}` below as {convention}.\n\
-         Reply with only the text of the documentation: no comment markers, no quotes, no code, \
-         and do not repeat the signature.\n\n```{fence}\n{code}\n```",
+         Reply with only the documentation, and do not repeat the code.\n\n```{fence}\n{code}\n```",
         kind = target.kind,
         name = target.name,
         convention = style.convention(language),
         fence = language.fence(),
     );
-    (system, user)
+    let (answer_prefix, stop) = match style {
+        Style::PythonDocstring => ("\"\"\"".to_owned(), vec!["\"\"\"".to_owned()]),
+        Style::Block => ("/**\n * ".to_owned(), vec!["*/".to_owned()]),
+        Style::Lines(marker) => (format!("{marker} "), Vec::new()),
+        Style::GoComment => (format!("// {} ", target.name), Vec::new()),
+    };
+    ChatAsk {
+        system,
+        user,
+        answer_prefix,
+        stop,
+    }
 }
 
 /// The bytes to replace (empty for an insertion) and the indentation of the docstring.
@@ -189,6 +209,8 @@ pub enum Answer {
 }
 
 /// The words of the docstring in the model's answer, one entry per line, markers taken out.
+/// A chat answer may hold several fenced blocks and prose around them: the first of those
+/// that has documentation in it wins.
 pub fn sanitize(
     answer: &str,
     origin: Answer,
@@ -196,10 +218,42 @@ pub fn sanitize(
     target: &DocTarget,
 ) -> Result<Vec<String>, Unusable> {
     let answer = answer.replace("\r\n", "\n");
-    let body = match origin {
-        Answer::Chat => fenced_block(&answer).unwrap_or(&answer),
-        Answer::Infill => &answer,
+    let found = match origin {
+        Answer::Infill => words(&answer, origin, language, target),
+        Answer::Chat => chat_candidates(&answer)
+            .into_iter()
+            .map(|candidate| words(candidate, origin, language, target))
+            .find(|lines| !lines.is_empty())
+            .unwrap_or_default(),
     };
+    if found.is_empty() {
+        let shown: String = answer.chars().take(120).collect();
+        return Err(Unusable(shown));
+    }
+    Ok(found)
+}
+
+/// The fenced blocks of a chat answer, in order, then the prose outside them.
+fn chat_candidates(answer: &str) -> Vec<&str> {
+    let mut blocks = Vec::new();
+    let mut rest = answer;
+    while let Some(block) = fenced_block(rest) {
+        blocks.push(block);
+        let end = block.as_ptr() as usize - rest.as_ptr() as usize + block.len();
+        rest = rest[end..].strip_prefix("```").unwrap_or(&rest[end..]);
+    }
+    let prose = answer.split("```").step_by(2).collect::<Vec<_>>();
+    if blocks.is_empty() {
+        return vec![answer];
+    }
+    // Prose outside the fences, when no block has documentation: only the first paragraph
+    // before a fence is likely to be it ("Here is the docstring:" is filtered as chatter).
+    blocks.extend(prose);
+    blocks
+}
+
+/// The documentation lines in one candidate text.
+fn words(body: &str, origin: Answer, language: Language, target: &DocTarget) -> Vec<String> {
     let line_marker = match Style::of(language) {
         Style::Lines(marker) => Some(marker),
         Style::GoComment => Some("//"),
@@ -236,12 +290,7 @@ pub fn sanitize(
             break; // the docstring is closed; what follows is code or chatter
         }
     }
-    let lines = tidy(lines);
-    if lines.is_empty() {
-        let shown: String = answer.chars().take(120).collect();
-        return Err(Unusable(shown));
-    }
-    Ok(lines)
+    tidy(lines)
 }
 
 /// The contents of the first fenced code block, if the answer has one (an unclosed fence, from
@@ -334,11 +383,39 @@ fn tidy(lines: Vec<String>) -> Vec<String> {
         }
         out.push(line);
     }
+    out.truncate(without_repeats(&out));
     out.truncate(MAX_LINES);
     while out.last().is_some_and(String::is_empty) {
         out.pop();
     }
     out
+}
+
+/// How many lines to keep: small models loop, repeating whole paragraphs; the first paragraph
+/// that repeats an earlier one (or a line repeated three times) starts the loop.
+fn without_repeats(lines: &[String]) -> usize {
+    let mut seen: Vec<&[String]> = Vec::new();
+    let mut start = 0;
+    for end in 0..=lines.len() {
+        if end < lines.len() && !lines[end].is_empty() {
+            continue;
+        }
+        let paragraph = &lines[start..end];
+        if !paragraph.is_empty() {
+            if seen.contains(&paragraph) {
+                return start;
+            }
+            seen.push(paragraph);
+        }
+        start = end + 1;
+    }
+    for (index, line) in lines.iter().enumerate() {
+        let earlier = lines[..index].iter().filter(|l| *l == line).count();
+        if !line.is_empty() && earlier >= 2 {
+            return index;
+        }
+    }
+    lines.len()
 }
 
 /// The edit that inserts the docstring: bytes of `source` to replace, and the new text.

@@ -223,10 +223,16 @@ pub fn apply(text: &str, edits: &[LineEdit]) -> String {
 
 /// A unified diff of `old` and `new`, for the command line's `--diff`.
 pub fn unified_diff(old: &str, new: &str, path: &str) -> String {
+    // git's a/ and b/ prefixes, for relative paths (where `git apply -p1` expects them).
+    let (old_name, new_name) = if path.starts_with('/') {
+        (path.to_owned(), path.to_owned())
+    } else {
+        (format!("a/{path}"), format!("b/{path}"))
+    };
     similar::TextDiff::from_lines(old, new)
         .unified_diff()
         .context_radius(3)
-        .header(&format!("a/{path}"), &format!("b/{path}"))
+        .header(&old_name, &new_name)
         .to_string()
 }
 

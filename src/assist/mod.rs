@@ -14,10 +14,10 @@ use std::ops::Range;
 pub use model_generator::ModelGenerator;
 pub use sessions::ChatSessions;
 
+use crate::actions::Language;
 use crate::actions::docstring::{self, Answer};
 use crate::actions::edit::{self, LineEdit};
 use crate::actions::target::{self, Lookup};
-use crate::actions::Language;
 use crate::prompt::Chat;
 
 /// Longest docstring answer, in tokens.
@@ -63,7 +63,9 @@ pub enum AssistError {
     TooLong { needed: usize, capacity: usize },
     #[error("the request was cancelled; nothing was changed")]
     Cancelled,
-    #[error("the document changed while the answer was being written; nothing was applied (run it again)")]
+    #[error(
+        "the document changed while the answer was being written; nothing was applied (run it again)"
+    )]
     Stale,
     #[error("{0}")]
     BadRequest(String),
@@ -129,7 +131,7 @@ pub async fn docstring<G: Generator>(
 ) -> Result<Docstring, AssistError> {
     let target = docstring_target(language, source, offset)?;
     let info = generator.info().await?;
-    let (ask, origin) = if info.can_infill {
+    let (ask, primed) = if info.can_infill {
         let infill = docstring::infill_prompt(language, &target, source);
         let ask = Ask {
             prompt: Prompt::Infill {
@@ -139,23 +141,41 @@ pub async fn docstring<G: Generator>(
             max_tokens: DOCSTRING_TOKENS,
             stop: infill.stop,
         };
-        (ask, Answer::Infill)
+        (ask, None)
     } else {
-        let (system, user) = docstring::chat_prompt(language, &target, source);
+        let chat = docstring::chat_prompt(language, &target, source);
         let ask = Ask {
             prompt: Prompt::Chat(Chat {
-                system,
-                user,
-                ..Chat::default()
+                system: chat.system,
+                user: chat.user,
+                turns: Vec::new(),
+                answer_prefix: chat.answer_prefix.clone(),
             }),
             max_tokens: DOCSTRING_TOKENS,
-            stop: Vec::new(),
+            stop: chat.stop,
         };
-        (ask, Answer::Chat)
+        (ask, Some(chat.answer_prefix))
     };
     let answer = generator.generate(ask, on_text).await?;
-    let lines = docstring::sanitize(&answer, origin, language, &target)
-        .map_err(|unusable| AssistError::Unusable(unusable.to_string()))?;
+    tracing::debug!("docstring: the model answered {answer:?}");
+    // Both prompts open the comment, so the answer continues it; a chat model that went its
+    // own way (a fenced block, prose around it) is read as a whole chat answer instead.
+    let as_middle = || docstring::sanitize(&answer, Answer::Infill, language, &target);
+    let lines = match &primed {
+        Some(prefix) => {
+            let as_chat = || {
+                let whole = format!("{prefix}{answer}");
+                docstring::sanitize(&whole, Answer::Chat, language, &target)
+            };
+            if answer.contains("```") {
+                as_chat().or_else(|_| as_middle())
+            } else {
+                as_middle().or_else(|_| as_chat())
+            }
+        }
+        None => as_middle(),
+    }
+    .map_err(|unusable| AssistError::Unusable(unusable.to_string()))?;
     let (range, text) = docstring::render(language, &target, source, &lines);
     Ok(Docstring {
         kind: target.kind,
@@ -280,7 +300,9 @@ pub async fn chat<G: Generator>(
     let answer = generator.generate(ask, on_text).await?;
     let answer = answer.trim().to_owned();
     if answer.is_empty() {
-        return Err(AssistError::Unusable("the model gave an empty answer".into()));
+        return Err(AssistError::Unusable(
+            "the model gave an empty answer".into(),
+        ));
     }
     sessions.record(session_id, user, answer.clone());
     Ok(answer)

@@ -99,10 +99,17 @@ mod tests {
         assert!(sessions.history("c").is_empty());
 
         for id in 0..100 {
-            sessions.record(&format!("s{id}"), "x".repeat(MAX_TURN_CHARS + 10), "y".into());
+            sessions.record(
+                &format!("s{id}"),
+                "x".repeat(MAX_TURN_CHARS + 10),
+                "y".into(),
+            );
         }
         assert_eq!(sessions.session_count(), MAX_SESSIONS);
-        assert!(sessions.history("a").is_empty(), "the oldest sessions go first");
+        assert!(
+            sessions.history("a").is_empty(),
+            "the oldest sessions go first"
+        );
         assert_eq!(sessions.history("s99")[0].0.len(), MAX_TURN_CHARS);
     }
 }

@@ -1,6 +1,7 @@
 //! The assistant's flows with a scripted stand-in for the model: what it is asked, and what its
 //! answers turn into.
 
+use std::ops::Range;
 use std::sync::Mutex;
 
 use super::*;
@@ -40,7 +41,12 @@ impl Generator for Scripted {
         on_text: &mut (dyn FnMut(&str) + Send),
     ) -> Result<String, AssistError> {
         self.asks.lock().unwrap().push(ask);
-        let answer = self.answers.lock().unwrap().pop().expect("a scripted answer");
+        let answer = self
+            .answers
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("a scripted answer");
         let chars: Vec<char> = answer.chars().collect();
         for piece in chars.chunks(3) {
             on_text(&piece.iter().collect::<String>());
@@ -73,7 +79,10 @@ fn docstrings_infill_when_the_model_can_and_stream_their_text() {
     assert_eq!(streamed, "Area of a circle of radius r.");
     assert_eq!((doc.kind, doc.name.as_str()), ("function", "area"));
     assert_eq!(doc.edit.range, 13..13);
-    assert_eq!(doc.edit.text, "    \"\"\"Area of a circle of radius r.\"\"\"\n");
+    assert_eq!(
+        doc.edit.text,
+        "    \"\"\"Area of a circle of radius r.\"\"\"\n"
+    );
     let ask = model.last_ask();
     assert_eq!(
         ask.prompt,
@@ -90,7 +99,9 @@ fn docstrings_use_chat_for_models_without_infilling() {
     let source = "fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n";
     let model = Scripted::new(
         false,
-        &["Sure! Here is the documentation:\n\n```rust\n/// Adds `a` and `b`.\nfn add(a: i32, b: i32) -> i32 {\n```"],
+        &[
+            "Sure! Here is the documentation:\n\n```rust\n/// Adds `a` and `b`.\nfn add(a: i32, b: i32) -> i32 {\n```",
+        ],
     );
     let doc = block_on(docstring(&model, Language::Rust, source, 4, &mut |_| {})).unwrap();
     // "Sure! Here is…" is chatter outside the fence; the fence holds the comment and the signature.
@@ -99,24 +110,63 @@ fn docstrings_use_chat_for_models_without_infilling() {
     let Prompt::Chat(chat) = model.last_ask().prompt else {
         panic!("expected a chat prompt")
     };
-    assert!(chat.user.contains("```rust\nfn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n```"));
+    assert!(
+        chat.user
+            .contains("```rust\nfn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n```")
+    );
+}
+
+#[test]
+fn chat_docstrings_are_primed_with_the_opening_of_the_comment() {
+    let source = "package main\n\nfunc Add(a, b int) int {\n\treturn a + b\n}\n";
+    let model = Scripted::new(
+        false,
+        &["returns the sum of a and b.\nfunc Add(a, b int) int {"],
+    );
+    let doc = block_on(docstring(&model, Language::Go, source, 30, &mut |_| {})).unwrap();
+    assert_eq!(doc.edit.text, "// Add returns the sum of a and b.\n");
+    let Prompt::Chat(chat) = model.last_ask().prompt else {
+        panic!("expected a chat prompt")
+    };
+    assert_eq!(chat.answer_prefix, "// Add ");
 }
 
 #[test]
 fn docstring_refusals_say_why() {
     let model = Scripted::new(true, &["   "]);
     let documented = "/// Adds.\nfn add() {}\n";
-    let error = block_on(docstring(&model, Language::Rust, documented, 12, &mut |_| {}));
+    let error = block_on(docstring(
+        &model,
+        Language::Rust,
+        documented,
+        12,
+        &mut |_| {},
+    ));
     assert_eq!(
         error,
         Err(AssistError::NothingToDo(
             "the function `add` already has documentation".into()
         ))
     );
-    assert!(model.asks.lock().unwrap().is_empty(), "no model call for nothing");
-    let error = block_on(docstring(&model, Language::Rust, "use std::fs;\n", 3, &mut |_| {}));
+    assert!(
+        model.asks.lock().unwrap().is_empty(),
+        "no model call for nothing"
+    );
+    let error = block_on(docstring(
+        &model,
+        Language::Rust,
+        "use std::fs;\n",
+        3,
+        &mut |_| {},
+    ));
     assert!(matches!(error, Err(AssistError::NothingToDo(_))));
-    let error = block_on(docstring(&model, Language::Rust, "fn f() {}\n", 3, &mut |_| {}));
+    let error = block_on(docstring(
+        &model,
+        Language::Rust,
+        "fn f() {}\n",
+        3,
+        &mut |_| {},
+    ));
     assert!(matches!(error, Err(AssistError::Unusable(_))), "{error:?}");
 }
 
@@ -146,7 +196,10 @@ fn edits_become_minimal_replacements_at_the_right_bytes() {
             text: "def f(a: int, b: int) -> int:\n".into()
         }]
     );
-    assert_eq!(new, "def f(a: int, b: int) -> int:\n    x = a + b\n    return x");
+    assert_eq!(
+        new,
+        "def f(a: int, b: int) -> int:\n    x = a + b\n    return x"
+    );
     let Prompt::Chat(chat) = model.last_ask().prompt else {
         panic!()
     };
@@ -173,14 +226,22 @@ fn edits_keep_the_indentation_of_nested_selections() {
     for edit in edits.iter().rev() {
         result.replace_range(edit.range.clone(), &edit.text);
     }
-    assert_eq!(result, "class A:\n    def f(self) -> int:\n        return 1\n");
+    assert_eq!(
+        result,
+        "class A:\n    def f(self) -> int:\n        return 1\n"
+    );
 }
 
 #[test]
 fn edit_requests_that_cannot_work_are_refused_before_asking() {
     let model = Scripted::new(true, &[]);
     let source = "x = 1\n";
-    for (range, instruction) in [(0..5, " "), (0..0, "do it"), (3..99, "do it"), (2..1, "x")] {
+    for (range, instruction) in [
+        (0..5, " "),
+        (0..0, "do it"),
+        (3..99, "do it"),
+        (Range { start: 2, end: 1 }, "x"),
+    ] {
         let result = block_on(edit_selection(
             &model,
             None,
@@ -225,8 +286,15 @@ fn chat_remembers_turns_per_session() {
     ))
     .unwrap();
     assert_eq!(first, "It adds.");
-    let second = block_on(chat(&model, &sessions, "s1", "Is add(1,2) 3?", None, &mut |_| {}))
-        .unwrap();
+    let second = block_on(chat(
+        &model,
+        &sessions,
+        "s1",
+        "Is add(1,2) 3?",
+        None,
+        &mut |_| {},
+    ))
+    .unwrap();
     assert_eq!(second, "Yes, `add(1, 2)` is 3.");
     let Prompt::Chat(asked) = model.last_ask().prompt else {
         panic!()

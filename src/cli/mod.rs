@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 
 use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 
+mod assist_commands;
 mod complete;
 mod model_commands;
 mod typing_bench;
@@ -23,6 +24,9 @@ Examples:
   codellama-lsp serve --stdio        The same, spelled out
   printf 'def add(a, b):\n    <FILL_ME>\n' | codellama-lsp complete --model model.gguf --stdin
   codellama-lsp complete --model model.gguf src/main.py --line 10 --character 4 --json
+  codellama-lsp docstring --model model.gguf src/shapes.py --line 12 --diff
+  codellama-lsp edit --model model.gguf src/shapes.py --range 12:1-20:1 \
+      --instruction 'add type hints' --in-place
   echo 'def f():' | codellama-lsp tokenize --model model.gguf
   codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
   codellama-lsp bench --model model.gguf --json
@@ -57,6 +61,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Complete code at a cursor (FILE --line L --character C, or --stdin with a <FILL_ME> hole).
     Complete(complete::CompleteArgs),
+    /// Write the docstring of the function, method or type at a line (FILE --line L).
+    Docstring(assist_commands::DocstringArgs),
+    /// Rewrite a range of a file as instructed (FILE --range L1:C1-L2:C2 --instruction TEXT).
+    Edit(assist_commands::EditArgs),
     /// Print the token ids of the UTF-8 text on stdin as one JSON array.
     Tokenize(model_commands::TokenizeArgs),
     /// Generate text from a prompt with a GGUF model.
@@ -114,6 +122,8 @@ pub fn main() -> i32 {
     let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => return run_serve(client_log, &args),
         Command::Complete(args) => complete::run(&args),
+        Command::Docstring(args) => assist_commands::docstring(&args),
+        Command::Edit(args) => assist_commands::edit(&args),
         Command::Tokenize(args) => model_commands::tokenize(&args),
         Command::Generate(args) => model_commands::generate(&args),
         Command::Bench(args) => model_commands::bench(&args),

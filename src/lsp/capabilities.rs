@@ -9,12 +9,38 @@ use tower_lsp_server::ls_types::{
 
 use super::convert;
 use crate::document::PositionEncoding;
+use crate::session::ClientSupport;
 
 /// Workspace commands this server executes (`workspace/executeCommand`).
 pub const GENERATE_DOCSTRING: &str = "codellama.generateDocstring";
 pub const EDIT_SELECTION: &str = "codellama.editSelection";
 pub const CHAT: &str = "codellama.chat";
 pub const COMMANDS: [&str; 3] = [GENERATE_DOCSTRING, EDIT_SELECTION, CHAT];
+
+/// The client abilities our answers depend on.
+pub fn client_support(client: &ClientCapabilities) -> ClientSupport {
+    let work_done_progress = client
+        .window
+        .as_ref()
+        .and_then(|window| window.work_done_progress)
+        .unwrap_or(false);
+    let versioned_edits = client
+        .workspace
+        .as_ref()
+        .and_then(|workspace| workspace.workspace_edit.as_ref())
+        .and_then(|edit| edit.document_changes)
+        .unwrap_or(false);
+    let code_action_literals = client
+        .text_document
+        .as_ref()
+        .and_then(|text| text.code_action.as_ref())
+        .is_some_and(|action| action.code_action_literal_support.is_some());
+    ClientSupport {
+        work_done_progress,
+        versioned_edits,
+        code_action_literals,
+    }
+}
 
 /// UTF-8 when the client offers it (no conversion cost on our side), else the LSP default UTF-16.
 pub fn negotiate_encoding(client: &ClientCapabilities) -> PositionEncoding {
@@ -49,7 +75,10 @@ pub fn server_capabilities(encoding: PositionEncoding) -> ServerCapabilities {
             ..CompletionOptions::default()
         }),
         code_action_provider: Some(CodeActionProviderCapability::Options(CodeActionOptions {
-            code_action_kinds: Some(vec![CodeActionKind::REFACTOR_REWRITE]),
+            code_action_kinds: Some(vec![
+                CodeActionKind::REFACTOR_REWRITE,
+                CodeActionKind::EMPTY,
+            ]),
             resolve_provider: Some(true),
             work_done_progress_options: work_done,
         })),

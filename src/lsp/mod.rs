@@ -1,6 +1,7 @@
 //! The protocol layer: decodes LSP, routes to the core, encodes results. No feature logic lives
 //! here, and no type from here crosses into the core (see `convert`).
 
+mod assist;
 mod capabilities;
 mod convert;
 mod log_bridge;

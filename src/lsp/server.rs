@@ -20,6 +20,7 @@ use tower_lsp_server::ls_types::{
 use tower_lsp_server::{Client, LanguageServer};
 
 use super::{capabilities, convert};
+use crate::assist::ChatSessions;
 use crate::completion::{Completer, CompletionRequest, Outcome};
 use crate::document::Document;
 use crate::model_host::{ModelHost, ModelState};
@@ -27,10 +28,11 @@ use crate::session::Session;
 use crate::settings::{Settings, SettingsLayer};
 
 pub struct Backend {
-    client: Client,
-    session: Arc<Session>,
-    host: Arc<ModelHost>,
+    pub(super) client: Client,
+    pub(super) session: Arc<Session>,
+    pub(super) host: Arc<ModelHost>,
     completer: Arc<Completer>,
+    pub(super) chats: ChatSessions,
     /// A problem found during `initialize`, shown once the client can display messages.
     startup_warning: std::sync::Mutex<Option<String>>,
 }
@@ -48,12 +50,13 @@ impl Backend {
             session,
             host: Arc::new(ModelHost::new()),
             completer: Arc::new(Completer::new()),
+            chats: ChatSessions::new(),
             startup_warning: std::sync::Mutex::default(),
         }
     }
 
     /// The open document behind `uri`, or an `InvalidParams` error saying it is not open.
-    fn document(&self, uri: &Uri) -> Result<Document> {
+    pub(super) fn document(&self, uri: &Uri) -> Result<Document> {
         self.session
             .snapshot(uri.as_str())
             .map_err(|error| invalid_params(error.to_string()))
@@ -141,7 +144,7 @@ impl Backend {
             return;
         };
         let path = PathBuf::from(&model);
-        let progress = if self.session.work_done_progress() {
+        let progress = if self.session.client_support().work_done_progress {
             let token = ProgressToken::String(format!("codellama/load/{model}"));
             match self.client.create_work_done_progress(token.clone()).await {
                 Ok(()) => Some(
@@ -220,19 +223,6 @@ pub fn invalid_params(message: impl Into<String>) -> Error {
     }
 }
 
-/// An error for a feature this build does not provide yet, saying so instead of failing silently.
-fn not_available(feature: &str) -> Error {
-    Error {
-        code: ErrorCode::InvalidRequest,
-        message: format!(
-            "{feature} is not available in codellama-lsp {} yet",
-            crate::VERSION
-        )
-        .into(),
-        data: None,
-    }
-}
-
 impl LanguageServer for Backend {
     async fn initialize(&self, params: InitializeParams) -> Result<InitializeResult> {
         let encoding = capabilities::negotiate_encoding(&params.capabilities);
@@ -246,13 +236,8 @@ impl LanguageServer for Backend {
                     .unwrap_or_else(|p| p.into_inner()) = Some(problem);
             }
         }
-        let progress = params
-            .capabilities
-            .window
-            .as_ref()
-            .and_then(|window| window.work_done_progress)
-            .unwrap_or(false);
-        self.session.set_work_done_progress(progress);
+        self.session
+            .set_client_support(capabilities::client_support(&params.capabilities));
         self.session.initialize(encoding);
         tracing::info!("initialized; positions are counted in {encoding:?}");
         Ok(InitializeResult {
@@ -338,23 +323,14 @@ impl LanguageServer for Backend {
     }
 
     async fn code_action(&self, params: CodeActionParams) -> Result<Option<CodeActionResponse>> {
-        let _document = self.document(&params.text_document.uri)?;
-        Ok(Some(Vec::new()))
+        self.list_code_actions(params).await.map(Some)
     }
 
-    async fn code_action_resolve(&self, _: CodeAction) -> Result<CodeAction> {
-        Err(not_available("resolving code actions"))
+    async fn code_action_resolve(&self, action: CodeAction) -> Result<CodeAction> {
+        self.resolve_code_action(action).await
     }
 
     async fn execute_command(&self, params: ExecuteCommandParams) -> Result<Option<LSPAny>> {
-        if capabilities::COMMANDS.contains(&params.command.as_str()) {
-            Err(not_available(&format!("the command {}", params.command)))
-        } else {
-            Err(invalid_params(format!(
-                "unknown command {:?}; this server provides {}",
-                params.command,
-                capabilities::COMMANDS.join(", ")
-            )))
-        }
+        self.run_command(params).await
     }
 }

@@ -29,6 +29,24 @@ const MAX_HEADER_LINE: u64 = 8 * 1024;
 /// Largest message body we accept: room for a 50 MB document escaped as JSON, several times over.
 pub const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
 
+const CANCEL_PROGRESS: &str = "window/workDoneProgress/cancel";
+
+/// `window/workDoneProgress/cancel`: stops the work behind the token, if it is still running.
+fn cancel_progress(session: &Session, params: Option<&Value>) {
+    let token = params.and_then(|params| params.get("token"));
+    let token = match token {
+        Some(Value::String(token)) => token.clone(),
+        Some(Value::Number(token)) => token.to_string(),
+        _ => {
+            tracing::warn!("{CANCEL_PROGRESS} without a token; ignored");
+            return;
+        }
+    };
+    if !session.cancel(&token) {
+        tracing::debug!("{CANCEL_PROGRESS} for {token}, which has already ended");
+    }
+}
+
 /// Why the read loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -298,6 +316,11 @@ where
         };
         if text_sync::is_text_sync(request.method()) {
             text_sync::apply(&session, request);
+            continue;
+        }
+        if request.method() == CANCEL_PROGRESS {
+            // tower-lsp-server has no route for it; the work it cancels is registered here.
+            cancel_progress(&session, request.params());
             continue;
         }
         if futures::future::poll_fn(|cx| service.poll_ready(cx))

@@ -25,6 +25,8 @@ pub struct LspClient {
     next_id: i64,
     stderr: Arc<Mutex<String>>,
     violations: Arc<Mutex<Vec<String>>>,
+    /// The reply to `workspace/applyEdit` requests (an editor that applies them, by default).
+    pub apply_edit_reply: Value,
 }
 
 pub fn binary() -> &'static str {
@@ -65,6 +67,7 @@ impl LspClient {
             next_id: 1,
             stderr,
             violations,
+            apply_edit_reply: json!({"applied": true}),
         }
     }
 
@@ -140,14 +143,19 @@ impl LspClient {
         }
     }
 
-    /// The next message from the server, answering its requests (e.g. progress creation) with
-    /// `null` as a plain client would.
+    /// The next message from the server, answering its requests as a plain client would:
+    /// `null` (e.g. progress creation), and `apply_edit_reply` for `workspace/applyEdit`.
     pub fn next_message(&mut self) -> Value {
         match self.incoming.recv_timeout(TIMEOUT) {
             Ok(message) => {
                 if message.get("method").is_some() {
                     if let Some(id) = message.get("id") {
-                        let reply = json!({"jsonrpc": "2.0", "id": id, "result": null});
+                        let result = if message["method"] == "workspace/applyEdit" {
+                            self.apply_edit_reply.clone()
+                        } else {
+                            Value::Null
+                        };
+                        let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
                         self.send(&reply);
                     }
                 }

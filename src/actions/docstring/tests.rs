@@ -147,7 +147,7 @@ fn long_prose_is_wrapped_and_long_answers_are_capped() {
     assert!(text.lines().count() >= 3);
     assert!(text.lines().all(|l| l.len() <= WRAP_WIDTH), "{text}");
 
-    let many = "line\n".repeat(100);
+    let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
     let lines = sanitize(&many, Answer::Chat, Language::Rust, &target).unwrap();
     assert_eq!(lines.len(), MAX_LINES);
 }
@@ -206,9 +206,44 @@ fn chat_prompts_hold_the_code_and_the_convention() {
         Language::Java,
         "class A {\n  int size() { return$0 0; }\n}\n",
     );
-    let (system, user) = chat_prompt(Language::Java, &target, &source);
-    assert!(system.contains("Java"));
-    assert!(user.contains("method `size`"));
-    assert!(user.contains("Javadoc"));
-    assert!(user.contains("```java\n  int size() { return 0; }\n```"));
+    let ask = chat_prompt(Language::Java, &target, &source);
+    assert!(ask.system.contains("Java"));
+    assert!(ask.user.contains("method `size`"));
+    assert!(ask.user.contains("Javadoc"));
+    assert!(
+        ask.user
+            .contains("```java\n  int size() { return 0; }\n```")
+    );
+    // The answer starts inside the comment, so a model writes words, not code.
+    assert_eq!(ask.answer_prefix, "/**\n * ");
+    assert_eq!(ask.stop, ["*/"]);
+}
+
+#[test]
+fn looping_answers_are_cut_where_the_loop_starts() {
+    let (target, _) = target_at(Language::Python, "def f$0(x):\n    return x\n");
+    let answer = "Returns x.\n\nRaises:\n    TypeError: bad.\n\nRaises:\n    ValueError: worse.\n\nRaises:\n    TypeError: bad.\n\nRaises:\n    ValueError: worse.";
+    let lines = sanitize(answer, Answer::Infill, Language::Python, &target).unwrap();
+    assert_eq!(
+        lines,
+        [
+            "Returns x.",
+            "",
+            "Raises:",
+            "    TypeError: bad.",
+            "",
+            "Raises:",
+            "    ValueError: worse."
+        ]
+    );
+    let lines = sanitize("a\nb\nb\nb\nb", Answer::Infill, Language::Python, &target).unwrap();
+    assert_eq!(lines, ["a", "b", "b"]);
+}
+
+#[test]
+fn chat_answers_with_code_first_find_the_documentation_later() {
+    let (target, _) = target_at(Language::Python, "def scale$0(s, k):\n    return s * k\n");
+    let answer = "```python\ndef scale(s, k):\n    return s * k\n```\n\nThe docstring:\n\n```python\n\"\"\"Scale s by k.\"\"\"\n```";
+    let lines = sanitize(answer, Answer::Chat, Language::Python, &target).unwrap();
+    assert_eq!(lines, ["Scale s by k."]);
 }
