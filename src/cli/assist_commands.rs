@@ -127,9 +127,11 @@ pub fn docstring(args: &DocstringArgs) -> Result<()> {
 
 pub fn edit(args: &EditArgs) -> Result<()> {
     let source = read_source(&args.file)?;
-    let language = match language_of(&args.file, args.language.as_deref()) {
-        Ok(language) => Some(language),
-        Err(_) => None, // edits work on any text; the language only names the code fence
+    // Edits work on any text (the language only names the code fence), but a --language that
+    // names nothing we know is a mistake worth reporting.
+    let language = match &args.language {
+        Some(id) => Some(language_of(&args.file, Some(id))?),
+        None => language_of(&args.file, None).ok(),
     };
     let rope = Rope::from_str(&source);
     let selection = parse_range(&rope, &args.range)?;
