@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -11,45 +10,9 @@ use support::{LspClient, error_code};
 
 const URI: &str = "file:///work/greet.py";
 
-fn model_path() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures/codellama-lsp-tiny-q8_0.gguf")
-        .display()
-        .to_string()
-}
-
 /// Starts the server with the fixture model and waits until it is loaded.
 fn start(options: Value, capabilities: Value) -> LspClient {
-    let mut client = LspClient::spawn(&["serve", "--stdio"]);
-    let mut init_options = json!({"model": model_path(), "device": "cpu"});
-    for (key, value) in options.as_object().unwrap() {
-        init_options[key] = value.clone();
-    }
-    let response = client.call(
-        "initialize",
-        json!({"processId": null, "capabilities": capabilities, "initializationOptions": init_options}),
-    );
-    assert!(response.get("result").is_some(), "{response}");
-    client.notify("initialized", json!({}));
-    let deadline = Instant::now() + support::TIMEOUT;
-    loop {
-        let messages = client.notifications("window/showMessage");
-        if let Some(message) = messages.iter().find(|m| {
-            m["params"]["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("ready")
-        }) {
-            assert_eq!(message["params"]["type"], 3, "{message}");
-            return client;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the model never became ready: {messages:?}"
-        );
-        let message = client.next_message();
-        client.backlog.push(message);
-    }
+    LspClient::with_model(&support::fixture_model(), options, capabilities)
 }
 
 fn inline(client: &mut LspClient, line: u32, character: u32, trigger: u32) -> i64 {

@@ -59,3 +59,54 @@ fn greedy_text_is_real_and_logits_match_the_reference() {
     assert!(generation.text.contains("Paris"), "{:?}", generation.text);
     assert_ne!(generation.finish, FinishReason::Stopped);
 }
+
+/// Runs the CLI on a real model and returns its stdout (the command must succeed).
+fn run_cli(args: &[&str]) -> String {
+    let output = std::process::Command::new(support::binary())
+        .args(args)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+#[test]
+fn a_real_model_writes_a_docstring_that_fits_the_code() {
+    let Some(model) = support::smollm2() else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("codellama-real-doc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("shapes.py");
+    let source = "import math\n\n\nclass Circle:\n    def __init__(self, radius):\n        self.radius = radius\n\n    def area(self):\n        return math.pi * self.radius ** 2\n";
+    std::fs::write(&file, source).unwrap();
+    let model = model.display().to_string();
+    let file_arg = file.display().to_string();
+    // --in-place writes a file that is still valid Python, with the docstring in `area`.
+    run_cli(&[
+        "docstring",
+        "--model",
+        &model,
+        &file_arg,
+        "--line",
+        "9",
+        "--in-place",
+    ]);
+    let written = std::fs::read_to_string(&file).unwrap();
+    eprintln!("SmolLM2-135M documented `area`:\n{written}");
+    let language = codellama_lsp::actions::Language::Python;
+    assert!(
+        !language.parse(&written).unwrap().root_node().has_error(),
+        "{written}"
+    );
+    let docstring_start = written
+        .find("    def area(self):\n        \"\"\"")
+        .expect("docstring first in the body");
+    let docstring = &written[docstring_start..written.find("return math.pi").unwrap()];
+    assert!(docstring.to_lowercase().contains("area"), "{docstring}");
+    std::fs::remove_dir_all(&dir).ok();
+}

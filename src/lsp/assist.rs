@@ -241,7 +241,13 @@ impl Backend {
         };
         let work = assist::docstring(&generator, language, &source, offset, &mut on_text);
         let docstring = self
-            .streamed("Generating docstring", token, work, pieces)
+            .streamed(
+                "Generating docstring",
+                token,
+                work,
+                pieces,
+                Some((&args.uri, &document)),
+            )
             .await?;
         let edit = self.text_edit(&document, &docstring.edit);
         let label = format!("Docstring for `{}`", docstring.name);
@@ -286,7 +292,13 @@ impl Backend {
             &mut on_text,
         );
         let (replacements, new_text) = self
-            .streamed("Rewriting the selection", token, work, pieces)
+            .streamed(
+                "Rewriting the selection",
+                token,
+                work,
+                pieces,
+                Some((&args.uri, &document)),
+            )
             .await?;
         let edits: Vec<TextEdit> = replacements
             .iter()
@@ -343,7 +355,7 @@ impl Backend {
             context,
             &mut on_text,
         );
-        let answer = self.streamed("Thinking", token, work, pieces).await?;
+        let answer = self.streamed("Thinking", token, work, pieces, None).await?;
         if args.show {
             self.client.show_message(MessageType::INFO, &answer).await;
         }
@@ -378,14 +390,24 @@ impl Backend {
         )
     }
 
-    /// Runs `work` while reporting its streamed text as progress; a cancel from the client ends it.
+    /// Runs `work` while reporting its streamed text as progress; a cancel from the client ends
+    /// it, and so does an edit of the document it is `for` (its answer could not be applied).
     async fn streamed<T>(
         &self,
         title: &str,
         token: Option<ProgressToken>,
         work: impl Future<Output = std::result::Result<T, AssistError>>,
         mut pieces: mpsc::UnboundedReceiver<String>,
+        for_document: Option<(&Uri, &Document)>,
     ) -> std::result::Result<T, AssistError> {
+        let is_stale = || {
+            for_document.is_some_and(|(uri, made_for)| {
+                self.session
+                    .snapshot(uri.as_str())
+                    .map_or(true, |current| current.version() != made_for.version())
+            })
+        };
+        let mut stale_check = tokio::time::interval(Duration::from_millis(100));
         let mut progress = ProgressReporter::begin(self, title, token).await;
         let cancel = progress
             .as_ref()
@@ -402,6 +424,11 @@ impl Backend {
                     }
                 }
                 () = cancel.cancelled() => break Err(AssistError::Cancelled),
+                _ = stale_check.tick() => {
+                    if is_stale() {
+                        break Err(AssistError::Stale);
+                    }
+                }
             }
         };
         if let Some(progress) = progress {
@@ -427,23 +454,8 @@ impl Backend {
         if current.version() != made_for.version() || current.rope() != made_for.rope() {
             return Err(AssistError::Stale);
         }
-        let edit = if self.session.client_support().versioned_edits {
-            WorkspaceEdit {
-                document_changes: Some(DocumentChanges::Edits(vec![TextDocumentEdit {
-                    text_document: OptionalVersionedTextDocumentIdentifier {
-                        uri: uri.clone(),
-                        version: Some(made_for.version()),
-                    },
-                    edits: edits.into_iter().map(OneOf::Left).collect(),
-                }])),
-                ..WorkspaceEdit::default()
-            }
-        } else {
-            WorkspaceEdit {
-                changes: Some(HashMap::from([(uri.clone(), edits)])),
-                ..WorkspaceEdit::default()
-            }
-        };
+        let versioned = self.session.client_support().versioned_edits;
+        let edit = workspace_edit(uri, made_for.version(), edits, versioned);
         let params = ApplyWorkspaceEditParams {
             edit,
             label: Some(label.to_owned()),
@@ -486,6 +498,28 @@ impl Backend {
             code,
             message: message.into(),
             data: None,
+        }
+    }
+}
+
+/// One document's edits as a workspace edit: versioned (`documentChanges`, which the client
+/// rejects if the document moved on) when it supports that, else plain `changes`.
+fn workspace_edit(uri: &Uri, version: i32, edits: Vec<TextEdit>, versioned: bool) -> WorkspaceEdit {
+    if versioned {
+        WorkspaceEdit {
+            document_changes: Some(DocumentChanges::Edits(vec![TextDocumentEdit {
+                text_document: OptionalVersionedTextDocumentIdentifier {
+                    uri: uri.clone(),
+                    version: Some(version),
+                },
+                edits: edits.into_iter().map(OneOf::Left).collect(),
+            }])),
+            ..WorkspaceEdit::default()
+        }
+    } else {
+        WorkspaceEdit {
+            changes: Some(HashMap::from([(uri.clone(), edits)])),
+            ..WorkspaceEdit::default()
         }
     }
 }
@@ -630,5 +664,32 @@ impl Drop for ProgressReporter {
                     .await;
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use super::*;
+
+    #[test]
+    fn edits_are_versioned_when_the_client_can_check_versions() {
+        let uri = Uri::from_str("file:///a.py").unwrap();
+        let edit = TextEdit::new(
+            Range::new(Position::new(1, 0), Position::new(1, 0)),
+            "x".into(),
+        );
+        let versioned =
+            serde_json::to_value(workspace_edit(&uri, 7, vec![edit.clone()], true)).unwrap();
+        assert_eq!(
+            versioned,
+            json!({"documentChanges": [{"textDocument": {"uri": "file:///a.py", "version": 7},
+                   "edits": [{"range": {"start": {"line": 1, "character": 0},
+                                        "end": {"line": 1, "character": 0}}, "newText": "x"}]}]})
+        );
+        let plain = serde_json::to_value(workspace_edit(&uri, 7, vec![edit], false)).unwrap();
+        assert_eq!(plain["changes"]["file:///a.py"][0]["newText"], "x");
+        assert!(plain.get("documentChanges").is_none());
     }
 }

@@ -71,6 +71,64 @@ impl LspClient {
         }
     }
 
+    /// Starts the server with `model` (plus `options` as initializationOptions) and waits
+    /// until the model is loaded.
+    pub fn with_model(model: &str, options: Value, capabilities: Value) -> Self {
+        let mut client = Self::spawn(&["serve", "--stdio"]);
+        let mut init_options = json!({"model": model, "device": "cpu"});
+        for (key, value) in options.as_object().expect("options are an object") {
+            init_options[key] = value.clone();
+        }
+        let response = client.call(
+            "initialize",
+            json!({"processId": null, "capabilities": capabilities, "initializationOptions": init_options}),
+        );
+        assert!(response.get("result").is_some(), "{response}");
+        client.notify("initialized", json!({}));
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let messages = client.notifications("window/showMessage");
+            if let Some(message) = messages.iter().find(|m| {
+                m["params"]["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("ready")
+            }) {
+                assert_eq!(message["params"]["type"], 3, "{message}");
+                return client;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the model never became ready: {messages:?}"
+            );
+            let message = client.next_message();
+            client.backlog.push(message);
+        }
+    }
+
+    /// Waits for the first message with `method` (a notification or a request from the server),
+    /// taking it out of the backlog.
+    pub fn wait_for(&mut self, method: &str) -> Value {
+        self.wait_for_matching(method, |_| true)
+    }
+
+    /// Waits for the first message with `method` whose params satisfy `wanted`.
+    pub fn wait_for_matching(&mut self, method: &str, wanted: impl Fn(&Value) -> bool) -> Value {
+        let matches = |m: &Value| {
+            m.get("method").and_then(Value::as_str) == Some(method) && wanted(&m["params"])
+        };
+        if let Some(index) = self.backlog.iter().position(matches) {
+            return self.backlog.remove(index);
+        }
+        loop {
+            let message = self.next_message();
+            if matches(&message) {
+                return message;
+            }
+            self.backlog.push(message);
+        }
+    }
+
     /// Spawns the server and completes the `initialize` handshake.
     pub fn initialized(capabilities: Value) -> (Self, Value) {
         let mut client = Self::spawn(&[]);
@@ -313,6 +371,14 @@ fn read_frames(
 }
 
 /// The error code of a response, if it is an error.
+/// The project's own tiny Code-Llama-shaped model (committed, so always present).
+pub fn fixture_model() -> String {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/codellama-lsp-tiny-q8_0.gguf")
+        .display()
+        .to_string()
+}
+
 pub fn error_code(response: &Value) -> Option<i64> {
     response.get("error")?.get("code")?.as_i64()
 }
