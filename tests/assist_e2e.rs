@@ -339,3 +339,32 @@ fn chat_answers_and_remembers_the_session() {
     std::thread::sleep(Duration::from_millis(10));
     assert!(client.shutdown().success());
 }
+
+#[test]
+fn without_a_model_the_commands_say_what_to_do_and_the_server_stays_up() {
+    let (mut client, _) = LspClient::initialized(capabilities());
+    client.open(URI, "python", SHAPES);
+    // Listing needs no model.
+    let actions = code_actions(
+        &mut client,
+        json!({"start": point(8, 12), "end": point(8, 12)}),
+    );
+    assert_eq!(actions.len(), 1, "{actions:?}");
+    let response = client.call(
+        "workspace/executeCommand",
+        json!({"command": "codellama.generateDocstring",
+               "arguments": [{"uri": URI, "position": point(8, 12)}]}),
+    );
+    assert!(
+        response["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--model")),
+        "{response}"
+    );
+    let shown = client.wait_for_matching("window/showMessage", |p| {
+        p["type"] == 1 && mentions(p, "no model is configured")
+    });
+    assert!(mentions(&shown["params"], "\"model\""), "{shown}");
+    assert_eq!(client.document(URI)["text"], SHAPES);
+    assert!(client.shutdown().success());
+}

@@ -208,3 +208,201 @@ fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[test]
+fn docstring_and_edit_print_json_diffs_and_write_in_place() {
+    let model = fixture("codellama-lsp-tiny-q8_0.gguf")
+        .display()
+        .to_string();
+    let dir = tempdir().join("assist");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("lib.rs");
+    let source = "use std::fmt;\n\n#[inline]\npub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n";
+    std::fs::write(&file, source).unwrap();
+    let file_arg = file.display().to_string();
+
+    // --json: where the docstring goes (1-based), above the attribute, in rustdoc style.
+    let report = stdout_json(&run(
+        &[
+            "docstring",
+            "--model",
+            &model,
+            &file_arg,
+            "--line",
+            "5",
+            "--json",
+        ],
+        b"",
+    ));
+    assert_eq!(report["name"], "add");
+    assert_eq!(report["kind"], "function");
+    assert_eq!(
+        report["range"]["start"],
+        serde_json::json!({"line": 3, "character": 1})
+    );
+    let text = report["text"].as_str().unwrap();
+    assert!(text.lines().all(|line| line.starts_with("///")), "{text:?}");
+
+    // --diff: a unified diff that adds exactly those lines.
+    let diff = run(
+        &[
+            "docstring",
+            "--model",
+            &model,
+            &file_arg,
+            "--line",
+            "5",
+            "--diff",
+        ],
+        b"",
+    );
+    assert!(diff.status.success());
+    let diff = String::from_utf8(diff.stdout).unwrap();
+    assert!(
+        diff.starts_with(&format!("--- {file_arg}\n+++ {file_arg}\n@@ ")),
+        "{diff}"
+    );
+    let added: String = diff
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .map(|l| format!("{}\n", &l[1..]))
+        .collect();
+    assert_eq!(added, text);
+
+    // --in-place: the file gains the docstring and nothing else.
+    let output = run(
+        &[
+            "docstring",
+            "--model",
+            &model,
+            &file_arg,
+            "--line",
+            "5",
+            "--in-place",
+        ],
+        b"",
+    );
+    assert!(output.status.success());
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        source.replace("#[inline]", &format!("{text}#[inline]"))
+    );
+    // Now documented: a clear refusal, the file untouched.
+    let body_line = (5 + text.lines().count()).to_string();
+    let output = run(
+        &[
+            "docstring",
+            "--model",
+            &model,
+            &file_arg,
+            "--line",
+            &body_line,
+        ],
+        b"",
+    );
+    assert_clean_failure(&output, "`add` already has documentation");
+
+    // edit --json: edits inside the range only, and the range's new text.
+    std::fs::write(&file, source).unwrap();
+    let output = run(
+        &[
+            "edit",
+            "--model",
+            &model,
+            &file_arg,
+            "--range",
+            "4:1-7:1",
+            "--instruction",
+            "use wrapping_add",
+            "--json",
+        ],
+        b"",
+    );
+    if output.status.success() {
+        let report = stdout_json(&output);
+        for edit in report["edits"].as_array().unwrap() {
+            assert!(
+                edit["range"]["start"]["line"].as_u64().unwrap() >= 4,
+                "{edit}"
+            );
+        }
+    } else {
+        // A random-weight model may answer without code: that is a clean, explained failure.
+        assert_clean_failure(&output, "answer");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn docstring_and_edit_refuse_bad_requests_before_loading_a_model() {
+    let dir = tempdir().join("assist-bad");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("a.py");
+    std::fs::write(&file, "x = 1\n").unwrap();
+    let file_arg = file.display().to_string();
+    let missing = "/nonexistent/model.gguf";
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["docstring", "--model", missing, &file_arg, "--line", "9"],
+            "line 9 is past the end",
+        ),
+        (
+            &["docstring", "--model", missing, &file_arg, "--line", "1"],
+            "no function, method or type",
+        ),
+        (
+            &[
+                "docstring",
+                "--model",
+                missing,
+                "/nonexistent/a.py",
+                "--line",
+                "1",
+            ],
+            "cannot read",
+        ),
+        (
+            &[
+                "docstring",
+                "--model",
+                missing,
+                &file_arg,
+                "--line",
+                "1",
+                "--language",
+                "cobol",
+            ],
+            "unknown --language",
+        ),
+        (
+            &[
+                "edit",
+                "--model",
+                missing,
+                &file_arg,
+                "--range",
+                "1:1",
+                "--instruction",
+                "x",
+            ],
+            "is not L1:C1-L2:C2",
+        ),
+        (
+            &[
+                "edit",
+                "--model",
+                missing,
+                &file_arg,
+                "--range",
+                "1:1-1:6",
+                "--instruction",
+                "x",
+            ],
+            "cannot load",
+        ),
+    ];
+    for (args, expected) in cases {
+        assert_clean_failure(&run(args, b""), expected);
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
