@@ -233,7 +233,8 @@ pub fn sanitize(
     Ok(found)
 }
 
-/// The fenced blocks of a chat answer, in order, then the prose outside them.
+/// The fenced blocks of a chat answer, in order; the whole answer when it has none. Prose around
+/// fenced blocks is chatter ("Here is the docstring:"), never the documentation.
 fn chat_candidates(answer: &str) -> Vec<&str> {
     let mut blocks = Vec::new();
     let mut rest = answer;
@@ -242,13 +243,9 @@ fn chat_candidates(answer: &str) -> Vec<&str> {
         let end = block.as_ptr() as usize - rest.as_ptr() as usize + block.len();
         rest = rest[end..].strip_prefix("```").unwrap_or(&rest[end..]);
     }
-    let prose = answer.split("```").step_by(2).collect::<Vec<_>>();
     if blocks.is_empty() {
-        return vec![answer];
+        blocks.push(answer);
     }
-    // Prose outside the fences, when no block has documentation: only the first paragraph
-    // before a fence is likely to be it ("Here is the docstring:" is filtered as chatter).
-    blocks.extend(prose);
     blocks
 }
 

@@ -156,24 +156,42 @@ pub async fn docstring<G: Generator>(
         };
         (ask, Some(chat.answer_prefix))
     };
+    let retry = ask.clone();
     let answer = generator.generate(ask, on_text).await?;
     tracing::debug!("docstring: the model answered {answer:?}");
     // Both prompts open the comment, so the answer continues it; a chat model that went its
     // own way (a fenced block, prose around it) is read as a whole chat answer instead.
-    let as_middle = || docstring::sanitize(&answer, Answer::Infill, language, &target);
+    let as_middle = |answer: &str| docstring::sanitize(answer, Answer::Infill, language, &target);
+    let as_chat = |answer: &str| docstring::sanitize(answer, Answer::Chat, language, &target);
     let lines = match &primed {
         Some(prefix) => {
-            let as_chat = || {
-                let whole = format!("{prefix}{answer}");
-                docstring::sanitize(&whole, Answer::Chat, language, &target)
-            };
-            if answer.contains("```") {
-                as_chat().or_else(|_| as_middle())
+            let whole = format!("{prefix}{answer}");
+            let first = if answer.contains("```") {
+                as_chat(&whole).or_else(|_| as_middle(&answer))
             } else {
-                as_middle().or_else(|_| as_chat())
+                as_middle(&answer).or_else(|_| as_chat(&whole))
+            };
+            match first {
+                Ok(lines) => Ok(lines),
+                Err(_) => {
+                    // Small chat models sometimes answer the primed comment with code; asked
+                    // once more without priming, they often answer in prose or a fenced block.
+                    let Prompt::Chat(mut chat) = retry.prompt else {
+                        unreachable!("primed prompts are chat prompts")
+                    };
+                    chat.answer_prefix.clear();
+                    let ask = Ask {
+                        prompt: Prompt::Chat(chat),
+                        stop: Vec::new(),
+                        ..retry
+                    };
+                    let again = generator.generate(ask, on_text).await?;
+                    tracing::debug!("docstring: asked again, the model answered {again:?}");
+                    as_chat(&again)
+                }
             }
         }
-        None => as_middle(),
+        None => as_middle(&answer),
     }
     .map_err(|unusable| AssistError::Unusable(unusable.to_string()))?;
     let (range, text) = docstring::render(language, &target, source, &lines);

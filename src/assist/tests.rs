@@ -304,3 +304,25 @@ fn chat_remembers_turns_per_session() {
     assert_eq!(asked.turns[0].1, "It adds.");
     assert!(sessions.history("other").is_empty());
 }
+
+#[test]
+fn a_primed_chat_answer_without_words_is_asked_once_more_unprimed() {
+    let source = "def area(r):\n    return 3.14 * r * r\n";
+    let model = Scripted::new(
+        false,
+        &[
+            "\ndef area(r):\n    ",
+            "Sure:\n```python\n\"\"\"Area of a circle of radius r.\"\"\"\n```",
+        ],
+    );
+    let doc = block_on(docstring(&model, Language::Python, source, 20, &mut |_| {})).unwrap();
+    assert_eq!(doc.lines, ["Area of a circle of radius r."]);
+    let asks = model.asks.lock().unwrap();
+    assert_eq!(asks.len(), 2);
+    let (Prompt::Chat(first), Prompt::Chat(second)) = (&asks[0].prompt, &asks[1].prompt) else {
+        panic!("chat prompts expected")
+    };
+    assert_eq!(first.answer_prefix, "\"\"\"");
+    assert_eq!(second.answer_prefix, "");
+    assert!(asks[1].stop.is_empty());
+}

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::completion::finish_text;
-use crate::document::{Document, Position, PositionEncoding};
+use crate::document::Document;
 use crate::model::generate::{GenerationRequest, generate};
 use crate::model::gguf::GgufFile;
 use crate::model::sampling::SamplingParams;
@@ -27,12 +27,12 @@ pub struct CompleteArgs {
     /// The file to complete in (with --line and --character).
     #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     file: Option<PathBuf>,
-    /// Cursor line, 0-based.
+    /// Cursor line, 1-based.
     #[arg(long, requires = "file")]
-    line: Option<u32>,
-    /// Cursor column in UTF-8 bytes, 0-based.
+    line: Option<usize>,
+    /// Cursor column in characters, 1-based (past the end of the line: its end).
     #[arg(long, requires = "file")]
-    character: Option<u32>,
+    character: Option<usize>,
     /// Read the text from stdin, with exactly one <FILL_ME> marking the hole.
     #[arg(long)]
     stdin: bool,
@@ -78,13 +78,13 @@ fn document_and_cursor(args: &CompleteArgs) -> Result<(Document, usize)> {
         bail!("give FILE with --line and --character, or --stdin")
     };
     let (Some(line), Some(character)) = (args.line, args.character) else {
-        bail!("give the cursor with --line L --character C (0-based, UTF-8 columns)");
+        bail!("give the cursor with --line L --character C (1-based)");
     };
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let document = Document::new(&text, 0, "text");
-    let cursor = document.char_index(Position::new(line, character), PositionEncoding::Utf8);
-    Ok((document, cursor))
+    let byte = super::assist_commands::byte_at(document.rope(), line, character)?;
+    Ok((document.clone(), document.rope().byte_to_char(byte)))
 }
 
 pub fn run(args: &CompleteArgs) -> Result<()> {
