@@ -17,6 +17,7 @@ pub mod postprocess;
 pub mod prompt;
 pub mod session;
 pub mod settings;
+pub mod store;
 
 #[cfg(test)]
 mod test_support;

@@ -123,12 +123,24 @@ impl ModelHost {
         Some(outcome)
     }
 
+    /// Marks a model being downloaded: requests wait for it as for a load.
+    pub fn fetching(&self, what: &str) {
+        self.state
+            .send_replace(ModelState::Loading(PathBuf::from(what)));
+    }
+
+    /// Records why no model can be used (the next configuration is loaded afresh).
+    pub fn fail(&self, reason: String) {
+        *self.current.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.state.send_replace(ModelState::Failed(reason));
+    }
+
     /// Why there is no model to use now, in words that say what to do.
     pub fn unavailable_reason(&self) -> String {
         match self.state() {
             ModelState::Unconfigured => "no model is configured: set \"model\" to a GGUF file in the editor's settings, or start the server with --model PATH".into(),
             ModelState::Loading(path) => format!("the model {} is still loading; try again in a moment", path.display()),
-            ModelState::Failed(error) => format!("the model could not be loaded ({error}); fix \"model\" in the settings"),
+            ModelState::Failed(error) => format!("there is no model: {error}"),
             ModelState::Ready(model) => format!("{} is ready", model.name),
         }
     }

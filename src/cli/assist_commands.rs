@@ -22,8 +22,8 @@ use crate::settings::Settings;
 pub struct ModelArgs {
     /// A GGUF model: Code Llama 7B/13B (Instruct is best for edits), or any llama-architecture
     /// chat model.
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    #[arg(long, value_name = "PATH|SPEC")]
+    model: super::models::ModelRef,
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
     /// 0 is greedy (deterministic).
@@ -189,11 +189,11 @@ fn language_of(file: &Path, id: Option<&str>) -> Result<Language> {
 }
 
 fn start_model(args: &ModelArgs) -> Result<ModelGenerator> {
+    let path = args.model.path()?;
     let host = Arc::new(ModelHost::new());
-    let outcome =
-        runtime()?.block_on(host.load(args.model.clone(), args.device, args.context_tokens));
+    let outcome = runtime()?.block_on(host.load(path.clone(), args.device, args.context_tokens));
     if let Some(Err(error)) = outcome {
-        bail!("cannot load {}: {error}", args.model.display());
+        bail!("cannot load {}: {error}", path.display());
     }
     Ok(ModelGenerator::new(
         host,

@@ -22,8 +22,8 @@ const MARKER: &str = "<FILL_ME>";
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
     /// A GGUF model with infilling tokens (Code Llama 7B/13B, base or Instruct).
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    #[arg(long, value_name = "PATH|SPEC")]
+    model: super::models::ModelRef,
     /// The file to complete in (with --line and --character).
     #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     file: Option<PathBuf>,
@@ -94,7 +94,8 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         ..Settings::default()
     };
     let (document, cursor) = document_and_cursor(args)?;
-    let gguf = GgufFile::read(&args.model)?;
+    let model_path = args.model.path()?;
+    let gguf = GgufFile::read(&model_path)?;
     let tokenizer = tokenizer_for(&gguf)?;
     let name = gguf
         .metadata
@@ -122,7 +123,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
     }
     let device = args.device.open()?;
     let model = LoadedModel::load(
-        &args.model,
+        &model_path,
         &device,
         Some(built.ids.len() + args.max_tokens),
     )?;

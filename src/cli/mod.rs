@@ -4,7 +4,6 @@
 //! later features (`complete`, `models`, `docstring`, `edit`) add theirs the same way.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tracing_subscriber::layer::SubscriberExt;
@@ -16,6 +15,7 @@ use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 mod assist_commands;
 mod complete;
 mod model_commands;
+mod models;
 mod typing_bench;
 
 const EXAMPLES: &str = "\
@@ -30,6 +30,8 @@ Examples:
   echo 'def f():' | codellama-lsp tokenize --model model.gguf
   codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
   codellama-lsp bench --model model.gguf --json
+  codellama-lsp models pull          Download the default model (Code Llama 7B Instruct Q4_K_M)
+  codellama-lsp models info TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf --json
   codellama-lsp --log-level debug    Run the server with detailed logs on stderr
   RUST_LOG=codellama_lsp=trace codellama-lsp
                                      Fine-grained log filters (see tracing-subscriber's EnvFilter)
@@ -65,6 +67,8 @@ pub enum Command {
     Docstring(assist_commands::DocstringArgs),
     /// Rewrite a range of a file as instructed (FILE --range L1:C1-L2:C2 --instruction TEXT).
     Edit(assist_commands::EditArgs),
+    /// List, download, inspect and verify models (GGUF files and owner/repo:file.gguf specs).
+    Models(models::ModelsArgs),
     /// Print the token ids of the UTF-8 text on stdin as one JSON array.
     Tokenize(model_commands::TokenizeArgs),
     /// Generate text from a prompt with a GGUF model.
@@ -82,9 +86,10 @@ pub struct ServeArgs {
     /// (vscode-languageclient among them) pass it anyway.
     #[arg(long)]
     pub stdio: bool,
-    /// The GGUF model to serve (the editor's "model" setting overrides it).
-    #[arg(long, value_name = "PATH")]
-    pub model: Option<PathBuf>,
+    /// The model to serve: a GGUF file or owner/repo:file.gguf on the Hugging Face hub (default:
+    /// Code Llama 7B Instruct Q4_K_M, downloaded once). The editor's "model" setting overrides it.
+    #[arg(long, value_name = "PATH|SPEC")]
+    pub model: Option<String>,
     /// Where to run the model: auto, cpu, cuda, cuda:N or metal (the editor's "device" setting
     /// overrides it).
     #[arg(long, value_name = "DEVICE")]
@@ -124,6 +129,7 @@ pub fn main() -> i32 {
         Command::Complete(args) => complete::run(&args),
         Command::Docstring(args) => assist_commands::docstring(&args),
         Command::Edit(args) => assist_commands::edit(&args),
+        Command::Models(args) => models::run(&args),
         Command::Tokenize(args) => model_commands::tokenize(&args),
         Command::Generate(args) => model_commands::generate(&args),
         Command::Bench(args) => model_commands::bench(&args),
@@ -172,7 +178,7 @@ fn init_logging(level: Option<LogLevel>, default: &str) -> ClientLogReceiver {
 fn run_serve(client_log: ClientLogReceiver, args: &ServeArgs) -> i32 {
     let mut settings = crate::settings::Settings::default();
     if let Some(model) = &args.model {
-        settings.model = Some(model.display().to_string());
+        settings.model = Some(model.clone());
     }
     if let Some(device) = args.device {
         settings.device = device;

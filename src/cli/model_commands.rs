@@ -16,8 +16,8 @@ use crate::model::{DeviceSpec, LoadedModel, tokenizer_for};
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
     /// A GGUF model file (only its vocabulary is read).
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    #[arg(long, value_name = "PATH|SPEC")]
+    model: super::models::ModelRef,
     /// Encode as a Code Llama infilling segment: no implicit leading space, no BOS.
     #[arg(long)]
     infill: bool,
@@ -29,8 +29,8 @@ pub struct TokenizeArgs {
 #[derive(Debug, Args)]
 pub struct ModelArgs {
     /// A GGUF model file.
-    #[arg(long, value_name = "PATH")]
-    model: PathBuf,
+    #[arg(long, value_name = "PATH|SPEC")]
+    model: super::models::ModelRef,
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
@@ -87,7 +87,7 @@ fn read_stdin() -> Result<String> {
 }
 
 pub fn tokenize(args: &TokenizeArgs) -> Result<()> {
-    let gguf = GgufFile::read(&args.model)?;
+    let gguf = GgufFile::read(args.model.path()?)?;
     let tokenizer = tokenizer_for(&gguf)?;
     let text = read_stdin()?;
     let ids = if args.infill {
@@ -102,7 +102,7 @@ pub fn tokenize(args: &TokenizeArgs) -> Result<()> {
 fn load(args: &ModelArgs, max_positions: Option<usize>) -> Result<LoadedModel> {
     let device = args.device.open()?;
     let started = Instant::now();
-    let model = LoadedModel::load(&args.model, &device, max_positions)?;
+    let model = LoadedModel::load(&args.model.path()?, &device, max_positions)?;
     tracing::info!(
         "loaded {} on {} in {:.0} ms",
         model.name,
@@ -115,7 +115,7 @@ fn load(args: &ModelArgs, max_positions: Option<usize>) -> Result<LoadedModel> {
 pub fn generate(args: &GenerateArgs) -> Result<()> {
     let prompt = match (&args.prompt, &args.ids) {
         (Some(text), _) => {
-            let gguf = GgufFile::read(&args.model.model)?;
+            let gguf = GgufFile::read(args.model.model.path()?)?;
             tokenizer_for(&gguf)?.encode(text, true)
         }
         (None, Some(ids)) => ids.clone(),

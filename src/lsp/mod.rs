@@ -4,6 +4,7 @@
 mod assist;
 mod capabilities;
 mod convert;
+mod download;
 mod log_bridge;
 mod server;
 mod text_sync;

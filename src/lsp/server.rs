@@ -5,7 +5,6 @@
 //! before `initialize`, unknown methods and `$/cancelRequest` (cancelling drops the handler's
 //! future, which drops its engine job handle, which stops generation within a token).
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tower_lsp_server::jsonrpc::{Error, ErrorCode, Result};
@@ -134,16 +133,10 @@ impl Backend {
 
     /// Loads the configured model if it changed, reporting progress and the outcome.
     async fn load_configured_model(&self, settings: Settings) {
-        let Some(model) = settings.model.clone() else {
-            self.client
-                .show_message(
-                    MessageType::WARNING,
-                    "codellama-lsp: no model configured. Set \"model\" to a GGUF file in the editor's settings (initializationOptions) or start the server with --model PATH.",
-                )
-                .await;
+        let Some(path) = self.model_file(settings.model.as_deref()).await else {
             return;
         };
-        let path = PathBuf::from(&model);
+        let model = path.display().to_string();
         let progress = if self.session.client_support().work_done_progress {
             let token = ProgressToken::String(format!("codellama/load/{model}"));
             match self.client.create_work_done_progress(token.clone()).await {

@@ -11,6 +11,7 @@ mod kv_cache;
 mod llama;
 mod loaded;
 pub mod sampling;
+pub mod summary;
 pub mod tokenizer;
 
 pub use config::LlamaConfig;

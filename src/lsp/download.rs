@@ -1,0 +1,149 @@
+//! Turning the `model` setting into a local file: a path as it is, a hub file from the cache or
+//! downloaded with `$/progress` (bytes and percentage) and a message when it starts and fails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tower_lsp_server::ls_types::{MessageType, ProgressToken};
+use tower_lsp_server::{Bounded, NotCancellable, OngoingProgress};
+
+use super::server::Backend;
+use crate::store::{DownloadProgress, ModelSpec, Store};
+
+/// Latest byte counts, for the reporting loop.
+struct Counts {
+    bytes: watch::Sender<(u64, u64)>,
+    verifying: AtomicBool,
+}
+
+impl DownloadProgress for Counts {
+    fn started(&self, _: &str, total: u64) {
+        self.bytes.send_replace((0, total));
+    }
+
+    fn advanced(&self, done: u64, total: u64) {
+        self.bytes.send_replace((done, total));
+    }
+
+    fn verifying(&self) {
+        self.verifying.store(true, Ordering::SeqCst);
+        self.bytes.send_modify(|_| {});
+    }
+}
+
+impl Backend {
+    /// The local file for the configured model (the default model when none is), downloading
+    /// it if needed; `None` after telling the user why there is none.
+    pub(super) async fn model_file(&self, configured: Option<&str>) -> Option<PathBuf> {
+        let spec = match configured {
+            Some(text) => match text.parse::<ModelSpec>() {
+                Ok(spec) => spec,
+                Err(problem) => {
+                    self.model_unavailable(problem).await;
+                    return None;
+                }
+            },
+            None => ModelSpec::default_model(),
+        };
+        let hub = match spec {
+            ModelSpec::Path(path) => return Some(path),
+            ModelSpec::Hub(hub) => hub,
+        };
+        let store = Store::from_env();
+        if let Some(path) = store.cached(&hub) {
+            return Some(path);
+        }
+        let name = hub.to_string();
+        self.host.fetching(&name);
+        if !store.offline {
+            let why = if configured.is_none() {
+                " (the default model: set \"model\" to use another)"
+            } else {
+                ""
+            };
+            let message = format!(
+                "codellama-lsp: downloading {name}{why} into {}",
+                store.cache_dir.display()
+            );
+            tracing::info!("{message}");
+            self.client.show_message(MessageType::INFO, message).await;
+        }
+        let counts = Arc::new(Counts {
+            bytes: watch::Sender::new((0, 0)),
+            verifying: AtomicBool::new(false),
+        });
+        let mut updates = counts.bytes.subscribe();
+        let progress = self.begin_download_progress(&hub.file).await;
+        let fetch = store.fetch(&hub, counts.clone());
+        tokio::pin!(fetch);
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut fetch => break outcome,
+                changed = updates.changed() => {
+                    if changed.is_err() {
+                        continue;
+                    }
+                    let (done, total) = *updates.borrow_and_update();
+                    if let Some(progress) = &progress {
+                        let message = if counts.verifying.load(Ordering::SeqCst) {
+                            "verifying the checksum".to_owned()
+                        } else {
+                            format!("{} of {}", megabytes(done), megabytes(total))
+                        };
+                        let percent = (done * 100).checked_div(total).unwrap_or(0) as u32;
+                        progress.report_with_message(message, percent.min(100)).await;
+                    }
+                    // Reports at most a few times a second, however fast the bytes come.
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        };
+        if let Some(progress) = progress {
+            progress.finish().await;
+        }
+        match outcome {
+            Ok(path) => Some(path),
+            Err(error) => {
+                self.model_unavailable(error.to_string()).await;
+                None
+            }
+        }
+    }
+
+    async fn begin_download_progress(
+        &self,
+        file: &str,
+    ) -> Option<OngoingProgress<Bounded, NotCancellable>> {
+        if !self.session.client_support().work_done_progress {
+            return None;
+        }
+        let token = ProgressToken::String(format!("codellama/download/{file}"));
+        self.client
+            .create_work_done_progress(token.clone())
+            .await
+            .ok()?;
+        Some(
+            self.client
+                .progress(token, format!("Downloading {file}"))
+                .with_percentage(0)
+                .begin()
+                .await,
+        )
+    }
+
+    /// Records why there is no model and tells the user.
+    async fn model_unavailable(&self, reason: String) {
+        tracing::error!("no model: {reason}");
+        self.host.fail(reason.clone());
+        self.client
+            .show_message(MessageType::ERROR, format!("codellama-lsp: {reason}"))
+            .await;
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}

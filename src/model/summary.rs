@@ -1,0 +1,113 @@
+//! What a GGUF file holds, in a few facts: for `models info`, `models list` and `models verify`.
+//! Reads the header only; works on any architecture and on vocabulary-only files.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use super::gguf::{GgufError, GgufFile};
+use super::tokenizer::Tokenizer;
+use crate::prompt::{ChatTemplate, FimTemplate};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelSummary {
+    pub name: Option<String>,
+    pub architecture: String,
+    pub vocab_size: Option<usize>,
+    pub context_length: Option<u64>,
+    /// The type most of the weights are stored in (by bytes), e.g. "Q4_K"; "none" without tensors.
+    pub quantization: String,
+    /// Tensor count per storage type.
+    pub quant_types: BTreeMap<String, usize>,
+    pub tensors: usize,
+    pub parameters: u64,
+    pub size_bytes: u64,
+    /// Whether the model can fill in the middle (and so serve inline completions).
+    pub infill: bool,
+    pub fim_tokens: Option<FimIds>,
+    /// "llama2" or "chatml": how chat prompts are laid out for it.
+    pub chat_template: Option<&'static str>,
+    pub tokenizer: Option<&'static str>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct FimIds {
+    pub prefix: u32,
+    pub suffix: u32,
+    pub middle: u32,
+}
+
+pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
+    let metadata = &gguf.metadata;
+    let architecture = metadata.get_str("general.architecture")?.to_owned();
+    let name = metadata
+        .opt_str("general.name")
+        .ok()
+        .flatten()
+        .map(str::to_owned);
+    let context_length = metadata
+        .get(&format!("{architecture}.context_length"))
+        .and_then(|value| value.as_i128())
+        .and_then(|n| u64::try_from(n).ok());
+    let mut quant_types = BTreeMap::new();
+    let mut bytes_by_type: BTreeMap<String, u64> = BTreeMap::new();
+    for tensor in &gguf.tensors {
+        let type_name = tensor.ggml_type.name().to_owned();
+        *quant_types.entry(type_name.clone()).or_insert(0) += 1;
+        *bytes_by_type.entry(type_name).or_insert(0) += tensor.size;
+    }
+    let quantization = bytes_by_type
+        .iter()
+        .max_by_key(|(_, bytes)| **bytes)
+        .map_or_else(|| "none".to_owned(), |(name, _)| name.clone());
+    let tokenizer = Tokenizer::from_gguf(gguf).ok();
+    let template = tokenizer
+        .as_ref()
+        .and_then(|t| FimTemplate::detect(t, name.as_deref().unwrap_or_default()).ok());
+    Ok(ModelSummary {
+        vocab_size: tokenizer.as_ref().map(Tokenizer::vocab_size),
+        chat_template: tokenizer.as_ref().map(|t| ChatTemplate::detect(t).name()),
+        tokenizer: tokenizer.as_ref().map(Tokenizer::kind_name),
+        infill: template.is_some(),
+        fim_tokens: template.as_ref().map(|t| FimIds {
+            prefix: t.prefix,
+            suffix: t.suffix,
+            middle: t.middle,
+        }),
+        name,
+        architecture,
+        context_length,
+        quantization,
+        quant_types,
+        tensors: gguf.tensors.len(),
+        parameters: gguf.tensors.iter().map(|t| t.n_elements()).sum(),
+        size_bytes: gguf.file_len,
+    })
+}
+
+/// Problems `models verify` finds beyond what reading the header already checks: tensors
+/// that overlap or share a name.
+pub fn layout_problems(gguf: &GgufFile) -> Vec<String> {
+    let mut problems = Vec::new();
+    let mut names = std::collections::HashSet::new();
+    for tensor in &gguf.tensors {
+        if !names.insert(tensor.name.as_str()) {
+            problems.push(format!("tensor {} appears twice", tensor.name));
+        }
+    }
+    let mut extents: Vec<(u64, u64, &str)> = gguf
+        .tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.size, t.name.as_str()))
+        .collect();
+    extents.sort();
+    for pair in extents.windows(2) {
+        if pair[1].0 < pair[0].1 {
+            problems.push(format!(
+                "tensors {} and {} overlap in the file",
+                pair[0].2, pair[1].2
+            ));
+        }
+    }
+    problems
+}
