@@ -15,6 +15,31 @@ use crate::model::tokenizer::Tokenizer;
 use crate::model::{DeviceSpec, LoadedModel};
 use crate::prompt::{ChatTemplate, FimTemplate};
 
+/// Loads a model and starts its engine, on a blocking thread.
+async fn build(path: PathBuf, device: DeviceSpec, context: usize) -> Result<ReadyModel, String> {
+    tokio::task::spawn_blocking(move || -> Result<ReadyModel, String> {
+        let device = device.open().map_err(|e| e.to_string())?;
+        let model = LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
+        let template = FimTemplate::detect(&model.tokenizer, &model.name);
+        let chat = ChatTemplate::detect(&model.tokenizer);
+        let context_tokens = model.llama.max_positions();
+        let tokenizer = model.tokenizer.clone();
+        let name = model.name.clone();
+        let engine = Engine::start(model).map_err(|e| e.to_string())?;
+        Ok(ReadyModel {
+            name,
+            path,
+            engine,
+            tokenizer,
+            template,
+            chat,
+            context_tokens,
+        })
+    })
+    .await
+    .unwrap_or_else(|_| Err("the model loader crashed (see the log)".into()))
+}
+
 /// What a request needs from a loaded model, besides the engine that runs it.
 pub struct ReadyModel {
     pub name: String,
@@ -90,28 +115,7 @@ impl ModelHost {
             *current = Some(key);
         }
         self.state.send_replace(ModelState::Loading(path.clone()));
-        let loaded = tokio::task::spawn_blocking(move || -> Result<ReadyModel, String> {
-            let device = device.open().map_err(|e| e.to_string())?;
-            let model =
-                LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
-            let template = FimTemplate::detect(&model.tokenizer, &model.name);
-            let chat = ChatTemplate::detect(&model.tokenizer);
-            let context_tokens = model.llama.max_positions();
-            let tokenizer = model.tokenizer.clone();
-            let name = model.name.clone();
-            let engine = Engine::start(model).map_err(|e| e.to_string())?;
-            Ok(ReadyModel {
-                name,
-                path,
-                engine,
-                tokenizer,
-                template,
-                chat,
-                context_tokens,
-            })
-        })
-        .await
-        .unwrap_or_else(|_| Err("the model loader crashed (see the log)".into()));
+        let loaded = build(path, device, context).await;
         let outcome = loaded
             .as_ref()
             .map(|model| model.name.clone())
@@ -121,6 +125,40 @@ impl ModelHost {
             Err(error) => ModelState::Failed(error),
         });
         Some(outcome)
+    }
+
+    /// Loads the file at the current model's path again (it was replaced on disk) while the
+    /// current model keeps serving, then switches to it between requests. On failure the
+    /// current model stays; the error says why.
+    pub async fn reload(&self) -> Result<String, String> {
+        let key = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or("no model is loaded")?;
+        let model = build(key.path.clone(), key.device, key.context).await?;
+        let name = model.name.clone();
+        // A newer configuration may have been chosen meanwhile: then this reload is stale.
+        let still_current = self
+            .current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            == Some(&key);
+        if still_current {
+            self.state.send_replace(ModelState::Ready(Arc::new(model)));
+        }
+        Ok(name)
+    }
+
+    /// The file of the loaded model, if one is loaded or loading.
+    pub fn current_path(&self) -> Option<PathBuf> {
+        self.current
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|key| key.path.clone())
     }
 
     /// Marks a model being downloaded: requests wait for it as for a load.

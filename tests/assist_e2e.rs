@@ -361,10 +361,14 @@ fn without_a_model_the_commands_say_what_to_do_and_the_server_stays_up() {
             .is_some_and(|m| m.contains("--model")),
         "{response}"
     );
+    // No model configured: the default one is not in the (empty, offline) cache.
     let shown = client.wait_for_matching("window/showMessage", |p| {
-        p["type"] == 1 && mentions(p, "no model is configured")
+        p["type"] == 1 && mentions(p, "HF_HUB_OFFLINE")
     });
-    assert!(mentions(&shown["params"], "\"model\""), "{shown}");
+    assert!(
+        mentions(&shown["params"], "--model /path/to/file.gguf"),
+        "{shown}"
+    );
     assert_eq!(client.document(URI)["text"], SHAPES);
     assert!(client.shutdown().success());
 }

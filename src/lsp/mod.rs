@@ -5,6 +5,7 @@ mod assist;
 mod capabilities;
 mod convert;
 mod download;
+mod hot_reload;
 mod log_bridge;
 mod server;
 mod text_sync;

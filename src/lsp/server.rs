@@ -32,6 +32,8 @@ pub struct Backend {
     pub(super) host: Arc<ModelHost>,
     completer: Arc<Completer>,
     pub(super) chats: ChatSessions,
+    /// Watches the loaded model's file for replacement (hot reload).
+    pub(super) model_watcher: std::sync::Mutex<Option<notify::RecommendedWatcher>>,
     /// A problem found during `initialize`, shown once the client can display messages.
     startup_warning: std::sync::Mutex<Option<String>>,
 }
@@ -50,6 +52,7 @@ impl Backend {
             host: Arc::new(ModelHost::new()),
             completer: Arc::new(Completer::new()),
             chats: ChatSessions::new(),
+            model_watcher: std::sync::Mutex::default(),
             startup_warning: std::sync::Mutex::default(),
         }
     }
@@ -154,8 +157,11 @@ impl Backend {
         };
         let outcome = self
             .host
-            .load(path, settings.device, settings.context_tokens)
+            .load(path.clone(), settings.device, settings.context_tokens)
             .await;
+        if matches!(outcome, Some(Ok(_))) {
+            self.watch_model_file(&path);
+        }
         if let Some(progress) = progress {
             progress.finish().await;
         }

@@ -54,6 +54,10 @@ pub enum StoreError {
         cause: String,
     },
     #[error(
+        "the connection broke while downloading {file} ({cause}); what arrived is kept: run it again to resume"
+    )]
+    Interrupted { file: String, cause: String },
+    #[error(
         "{file} was not found on {endpoint}: check the repository and file name (the repository's \"Files\" page lists them)"
     )]
     NotFound { file: String, endpoint: String },
@@ -206,6 +210,10 @@ impl Store {
                     file,
                     cause: format!("the server answered HTTP {status}"),
                 },
+                None if request.is_body() || request.is_decode() => StoreError::Interrupted {
+                    file,
+                    cause: describe_request_error(request),
+                },
                 None => StoreError::Unreachable {
                     file,
                     endpoint: self.endpoint.clone(),
@@ -297,12 +305,30 @@ pub fn sha256_file(path: &Path) -> std::io::Result<String> {
         .collect())
 }
 
-/// Removes a bad download: the blob and the snapshot entry that points at it.
+/// Removes a bad download: the blob, the snapshot entry that points at it, and the folders and
+/// refs that only existed for it.
 fn remove_download(pointer: &Path) {
     if let Ok(blob) = std::fs::canonicalize(pointer) {
         let _ = std::fs::remove_file(blob);
     }
     let _ = std::fs::remove_file(pointer);
+    // snapshots/<commit>/<file…> → remove emptied folders up to `snapshots`.
+    let mut folder = pointer.parent();
+    while let Some(dir) = folder {
+        if dir.file_name().is_some_and(|name| name == "snapshots") {
+            if std::fs::remove_dir(dir).is_ok()
+                && let Some(repo) = dir.parent()
+            {
+                // No snapshot is left: the refs point at nothing.
+                let _ = std::fs::remove_dir_all(repo.join("refs"));
+            }
+            break;
+        }
+        if std::fs::remove_dir(dir).is_err() {
+            break; // not empty: other files of this snapshot stay
+        }
+        folder = dir.parent();
+    }
 }
 
 /// hf-hub's progress callbacks, from parallel chunk downloads, summed into one count.

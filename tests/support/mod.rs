@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+pub mod fake_hub;
+
 /// How long any single wait may take before the test fails with the server's stderr.
 pub const TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -34,10 +36,25 @@ pub fn binary() -> &'static str {
 }
 
 impl LspClient {
-    /// Starts the server with `args` (e.g. `["serve", "--stdio"]`).
+    /// Starts the server with `args` (e.g. `["serve", "--stdio"]`). It never reaches the
+    /// network: the hub is offline and the model cache is a fresh empty folder, unless `env`
+    /// says otherwise.
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(binary())
+        Self::spawn_with_env(args, &[])
+    }
+
+    pub fn spawn_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut command = Command::new(binary());
+        command
             .args(args)
+            .env("HF_HUB_OFFLINE", "1")
+            .env("HF_HOME", scratch_dir("hf-home"))
+            .env_remove("HF_ENDPOINT")
+            .env_remove("HF_TOKEN");
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command
             .env("RUST_LOG", "codellama_lsp=debug")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -74,7 +91,17 @@ impl LspClient {
     /// Starts the server with `model` (plus `options` as initializationOptions) and waits
     /// until the model is loaded.
     pub fn with_model(model: &str, options: Value, capabilities: Value) -> Self {
-        let mut client = Self::spawn(&["serve", "--stdio"]);
+        Self::with_model_and_env(model, options, capabilities, &[])
+    }
+
+    /// [`with_model`](Self::with_model) with extra environment variables for the server.
+    pub fn with_model_and_env(
+        model: &str,
+        options: Value,
+        capabilities: Value,
+        env: &[(&str, &str)],
+    ) -> Self {
+        let mut client = Self::spawn_with_env(&["serve", "--stdio"], env);
         let mut init_options = json!({"model": model, "device": "cpu"});
         for (key, value) in options.as_object().expect("options are an object") {
             init_options[key] = value.clone();
@@ -371,6 +398,20 @@ fn read_frames(
 }
 
 /// The error code of a response, if it is an error.
+/// A new empty folder under the system's temporary folder, unique to this call.
+pub fn scratch_dir(label: &str) -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "codellama-test-{label}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a scratch folder");
+    dir
+}
+
 /// The project's own tiny Code-Llama-shaped model (committed, so always present).
 pub fn fixture_model() -> String {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
