@@ -2,7 +2,7 @@
 //! while the old model keeps serving, and the server switches between requests. A new file that
 //! does not load leaves the old model serving, and the user is told why.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,7 +70,7 @@ fn start(
     Ok(watcher)
 }
 
-async fn reload(host: &ModelHost, client: &Client, path: &PathBuf) {
+async fn reload(host: &ModelHost, client: &Client, path: &Path) {
     tracing::info!("{} changed on disk; loading it again", path.display());
     let (kind, message) = match host.reload().await {
         Ok(name) => (
