@@ -10,13 +10,16 @@ use std::time::{Duration, Instant};
 
 use ropey::Rope;
 
+use crate::actions::Language;
+use crate::context::ChunkRing;
 use crate::document::Document;
 use crate::engine::{JobRequest, StopCause};
 use crate::model::generate::GenerationRequest;
 use crate::model::sampling::SamplingParams;
+use crate::model::tokenizer::Tokenizer;
 use crate::model_host::ModelHost;
 use crate::postprocess;
-use crate::prompt::{self, WindowConfig};
+use crate::prompt::{self, FimTemplate, WindowConfig};
 use crate::settings::Settings;
 
 /// Post-processes a raw middle generated at `cursor` of `document`, whose prompt held `suffix`.
@@ -46,6 +49,14 @@ pub struct CompletionRequest {
     pub cursor: usize,
     /// Triggered by typing rather than asked for.
     pub automatic: bool,
+    /// The other open documents, by URI: sources of workspace context.
+    pub others: Vec<(String, Document)>,
+}
+
+/// A completion prompt, and the files its workspace context came from.
+pub struct BuiltPrompt {
+    pub prompt: prompt::InfillPrompt,
+    pub context_sources: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,6 +91,36 @@ pub struct Completer {
     last: Mutex<HashMap<String, LastSuggestion>>,
     /// Recent prompts and their post-processed answers, most recent last.
     recent: Mutex<VecDeque<(Vec<u32>, Option<String>)>>,
+    context: Mutex<ContextState>,
+}
+
+/// Workspace context: the chunk ring, which document versions it holds, and the last pick.
+#[derive(Default)]
+struct ContextState {
+    ring: ChunkRing,
+    versions: HashMap<String, i32>,
+    /// Reused while the cursor stays on one line, so the prompt's start stays put as the user
+    /// types (and the KV cache keeps it).
+    last: Option<ContextPick>,
+}
+
+struct ContextPick {
+    uri: String,
+    line: usize,
+    generation: u64,
+    text: String,
+    sources: Vec<String>,
+}
+
+/// Lines on each side of the cursor that say what the cursor's code is about.
+const CONTEXT_QUERY_LINES: usize = 12;
+
+/// How a document is named in the prompt: the last few components of its path.
+pub fn source_name(uri: &str) -> String {
+    let path = uri.split(['?', '#']).next().unwrap_or(uri);
+    let path = path.strip_prefix("file://").unwrap_or(path);
+    let parts: Vec<&str> = path.rsplit('/').filter(|p| !p.is_empty()).take(3).collect();
+    parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
 impl Completer {
@@ -117,29 +158,10 @@ impl Completer {
         let Ok(template) = model.template.clone() else {
             return Ok((Outcome::Nothing, None));
         };
-        let window = WindowConfig {
-            budget_tokens: settings.prompt_budget(),
-            prefix_share: settings.prefix_share,
-            ..WindowConfig::default()
-        };
-        let (tokenizer, document, order) = (
-            model.tokenizer.clone(),
-            request.document.clone(),
-            settings.fim_order,
-        );
-        let built = tokio::task::spawn_blocking(move || {
-            prompt::infill(
-                &tokenizer,
-                &template,
-                document.rope(),
-                cursor,
-                order,
-                &window,
-            )
-        })
-        .await
-        .map_err(|_| "building the prompt failed (see the log)".to_owned())?;
-
+        let built = self
+            .build_prompt(&request, cursor, settings, &model.tokenizer, &template)
+            .await?
+            .prompt;
         if let Some(cached) = self.cached(&built.ids) {
             return Ok((
                 self.finish(&request.uri, line, line_before, cached),
@@ -199,6 +221,108 @@ impl Completer {
                 Outcome::Nothing
             }
         }
+    }
+
+    /// The prompt for a completion at `cursor`: the window around it and, when enabled, chunks of
+    /// other files similar to the code there.
+    pub async fn build_prompt(
+        &self,
+        request: &CompletionRequest,
+        cursor: usize,
+        settings: &Settings,
+        tokenizer: &Tokenizer,
+        template: &FimTemplate,
+    ) -> Result<BuiltPrompt, String> {
+        let window = WindowConfig {
+            budget_tokens: settings.prompt_budget(),
+            prefix_share: settings.prefix_share,
+            ..WindowConfig::default()
+        };
+        let (context, context_sources) = if settings.workspace_context {
+            // About a quarter of the budget, at roughly three bytes a token.
+            self.context_for(request, cursor, window.budget_tokens * 3 / 4)
+        } else {
+            (String::new(), Vec::new())
+        };
+        let (tokenizer, template, document, order) = (
+            tokenizer.clone(),
+            template.clone(),
+            request.document.clone(),
+            settings.fim_order,
+        );
+        let prompt = tokio::task::spawn_blocking(move || {
+            prompt::infill_with_context(
+                &tokenizer,
+                &template,
+                document.rope(),
+                cursor,
+                order,
+                &window,
+                &context,
+            )
+        })
+        .await
+        .map_err(|_| "building the prompt failed (see the log)".to_owned())?;
+        Ok(BuiltPrompt {
+            prompt,
+            context_sources,
+        })
+    }
+
+    /// Adds a file's text to the workspace context (e.g. one changed on disk).
+    pub fn add_context_file(&self, source: &str, text: &str) {
+        let mut state = self.context.lock().unwrap_or_else(|p| p.into_inner());
+        state.ring.add_file(source, text);
+    }
+
+    /// The context text for a request and the files it comes from; `max_bytes` bounds it.
+    fn context_for(
+        &self,
+        request: &CompletionRequest,
+        cursor: usize,
+        max_bytes: usize,
+    ) -> (String, Vec<String>) {
+        let mut state = self.context.lock().unwrap_or_else(|p| p.into_inner());
+        for (uri, document) in &request.others {
+            if state.versions.get(uri) != Some(&document.version()) {
+                state.versions.insert(uri.clone(), document.version());
+                let rope = document.rope();
+                if rope.len_bytes() <= crate::context::MAX_FILE_BYTES {
+                    state.ring.add_file(&source_name(uri), &rope.to_string());
+                }
+            }
+        }
+        let rope = request.document.rope();
+        let line = rope.char_to_line(cursor.min(rope.len_chars()));
+        let generation = state.ring.generation();
+        if let Some(last) = &state.last
+            && last.uri == request.uri
+            && last.line == line
+            && last.generation == generation
+        {
+            return (last.text.clone(), last.sources.clone());
+        }
+        let first = line.saturating_sub(CONTEXT_QUERY_LINES);
+        let end = (line + CONTEXT_QUERY_LINES + 1).min(rope.len_lines());
+        let query = rope
+            .slice(rope.line_to_char(first)..rope.line_to_char(end))
+            .to_string();
+        let comment = Language::detect(request.document.language_id(), &request.uri)
+            .map_or("#", Language::line_comment);
+        let picked = state
+            .ring
+            .pick(&query, &source_name(&request.uri), max_bytes);
+        let text = crate::context::render(&picked, comment);
+        let mut sources: Vec<String> = picked.iter().map(|c| c.source.clone()).collect();
+        sources.dedup();
+        state.last = Some(ContextPick {
+            uri: request.uri.clone(),
+            line,
+            generation,
+            text: text.clone(),
+            sources: sources.clone(),
+        });
+        (text, sources)
     }
 
     /// The rest of the last suggestion if the user has typed its beginning since.
@@ -273,6 +397,17 @@ mod tests {
             None,
             "forgotten after an empty answer"
         );
+    }
+
+    #[test]
+    fn sources_are_named_by_the_end_of_their_path() {
+        assert_eq!(
+            source_name("file:///home/me/proj/src/billing.py"),
+            "proj/src/billing.py"
+        );
+        assert_eq!(source_name("file:///billing.py"), "billing.py");
+        assert_eq!(source_name("/tmp/ws/src/a.rs"), "ws/src/a.rs");
+        assert_eq!(source_name("untitled:Untitled-1"), "untitled:Untitled-1");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod actions;
 pub mod assist;
 pub mod cli;
 pub mod completion;
+pub mod context;
 pub mod document;
 pub mod engine;
 pub mod fixtures;

@@ -198,6 +198,16 @@ impl Session {
             .ok_or_else(|| SessionError::NotOpen(uri.to_owned()))
     }
 
+    /// Snapshots of every open document except `uri` (cheap: ropes share their chunks).
+    pub fn other_documents(&self, uri: &str) -> Vec<(String, Document)> {
+        self.lock()
+            .documents
+            .iter()
+            .filter(|(key, _)| key.as_str() != uri)
+            .map(|(key, document)| (key.clone(), document.clone()))
+            .collect()
+    }
+
     pub fn open_document_count(&self) -> usize {
         self.lock().documents.len()
     }

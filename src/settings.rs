@@ -12,7 +12,7 @@ use crate::prompt::FimOrder;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
-    /// A local GGUF path (hub specs arrive with the model store).
+    /// A GGUF path or a hub spec (`owner/repo:file.gguf`); `None` is the default model.
     pub model: Option<String>,
     pub device: DeviceSpec,
     /// Most tokens a completion may generate.
@@ -26,6 +26,8 @@ pub struct Settings {
     pub prefix_share: f32,
     /// How long a completion may take before what is ready is returned.
     pub deadline_ms: u64,
+    /// Put chunks of other files similar to the code at the cursor in completion prompts.
+    pub workspace_context: bool,
 }
 
 impl Default for Settings {
@@ -40,6 +42,7 @@ impl Default for Settings {
             prefix_share: 0.75,
             // Generous for CPUs; a GPU finishes well before it.
             deadline_ms: 3000,
+            workspace_context: true,
         }
     }
 }
@@ -56,6 +59,7 @@ pub struct SettingsLayer {
     pub fim_order: Option<FimOrder>,
     pub prefix_share: Option<f32>,
     pub deadline_ms: Option<u64>,
+    pub workspace_context: Option<bool>,
 }
 
 impl SettingsLayer {
@@ -95,6 +99,9 @@ impl Settings {
         }
         if let Some(share) = layer.prefix_share {
             next.prefix_share = share;
+        }
+        if let Some(enabled) = layer.workspace_context {
+            next.workspace_context = enabled;
         }
         if let Some(deadline) = layer.deadline_ms {
             next.deadline_ms = deadline;

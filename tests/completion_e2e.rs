@@ -189,3 +189,103 @@ fn invalid_initialization_options_are_reported_and_the_server_still_starts() {
     }
     assert!(client.shutdown().success());
 }
+
+const BILLING: &str = "def compute_invoice_total(items, tax_rate):\n    subtotal = sum(item.price * item.quantity for item in items)\n    return subtotal * (1 + tax_rate)\n";
+const MAIN: &str = "from billing import compute_invoice_total\n\norder = load_order()\ntotal = compute_invoice_total(order.items, order.tax_rate)\nprint(total)\n";
+
+fn prompt_at(client: &mut LspClient, uri: &str, line: u32, character: u32) -> Value {
+    let response = client.call(
+        "codellama/prompt",
+        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character}}),
+    );
+    response
+        .get("result")
+        .cloned()
+        .unwrap_or_else(|| panic!("{response}"))
+}
+
+#[test]
+fn a_symbol_defined_only_in_another_open_file_reaches_the_prompt() {
+    let mut client = start(json!({}), json!({}));
+    client.open("file:///work/billing.py", "python", BILLING);
+    client.open("file:///work/main.py", "python", MAIN);
+    let prompt = prompt_at(&mut client, "file:///work/main.py", 4, 0);
+    let text = prompt["text"].as_str().unwrap();
+    assert!(
+        text.contains("# From work/billing.py:\ndef compute_invoice_total(items, tax_rate):"),
+        "{text}"
+    );
+    assert_eq!(prompt["contextSources"], json!(["work/billing.py"]));
+    // The same prompt start on the next keystroke (the KV cache keeps it).
+    client.notify(
+        "textDocument/didChange",
+        json!({"textDocument": {"uri": "file:///work/main.py", "version": 2},
+               "contentChanges": [{"range": {"start": {"line": 4, "character": 0}, "end": {"line": 4, "character": 0}}, "text": "p"}]}),
+    );
+    let again = prompt_at(&mut client, "file:///work/main.py", 4, 1);
+    let context_end = text.find("\ndef compute").unwrap() + 200;
+    assert_eq!(
+        again["text"].as_str().unwrap().get(..context_end),
+        text.get(..context_end)
+    );
+
+    // Off by a setting.
+    client.notify(
+        "workspace/didChangeConfiguration",
+        json!({"settings": {"codellama": {"workspaceContext": false}}}),
+    );
+    let prompt = prompt_at(&mut client, "file:///work/main.py", 4, 0);
+    assert!(
+        !prompt["text"]
+            .as_str()
+            .unwrap()
+            .contains("From work/billing.py")
+    );
+    assert_eq!(prompt["contextSources"], json!([]));
+    assert!(client.shutdown().success());
+}
+
+#[test]
+fn files_saved_in_the_workspace_feed_the_context_but_ignored_ones_do_not() {
+    let root = support::scratch_dir("workspace");
+    std::fs::create_dir_all(root.join("src")).unwrap();
+    std::fs::create_dir_all(root.join("build")).unwrap();
+    std::fs::write(root.join(".gitignore"), "build/\n").unwrap();
+    let root_uri = format!("file://{}", root.display());
+    let mut client = LspClient::spawn(&["serve", "--stdio"]);
+    let response = client.call(
+        "initialize",
+        json!({"processId": null, "capabilities": {}, "rootUri": root_uri,
+               "initializationOptions": {"model": support::fixture_model(), "device": "cpu"}}),
+    );
+    assert!(response.get("result").is_some(), "{response}");
+    client.notify("initialized", json!({}));
+    client.wait_for_matching("window/showMessage", |p| {
+        p["message"].as_str().is_some_and(|m| m.contains("ready"))
+    });
+    let main_uri = format!("{root_uri}/src/main.py");
+    client.open(&main_uri, "python", MAIN);
+    // The watch starts in the background: write until the change is seen (or time runs out).
+    let deadline = Instant::now() + support::TIMEOUT;
+    loop {
+        std::fs::write(
+            root.join("build/generated.py"),
+            BILLING.replace("compute_", "ignored_"),
+        )
+        .unwrap();
+        std::fs::write(root.join("src/billing.py"), BILLING).unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let prompt = prompt_at(&mut client, &main_uri, 4, 0);
+        let text = prompt["text"].as_str().unwrap().to_owned();
+        if text.contains("From ") {
+            assert!(text.contains("def compute_invoice_total"), "{text}");
+            assert!(!text.contains("ignored_invoice_total"), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the saved file never reached the prompt: {text}"
+        );
+    }
+    assert!(client.shutdown().success());
+}

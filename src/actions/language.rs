@@ -74,6 +74,15 @@ impl Language {
         }
     }
 
+    /// How a line comment starts.
+    pub fn line_comment(self) -> &'static str {
+        match self {
+            Self::Python => "#",
+            Self::Lua => "--",
+            _ => "//",
+        }
+    }
+
     /// The info string of a Markdown code fence.
     pub fn fence(self) -> &'static str {
         match self {

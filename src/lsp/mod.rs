@@ -10,6 +10,7 @@ mod log_bridge;
 mod server;
 mod text_sync;
 pub mod transport;
+mod workspace_watch;
 
 use std::sync::Arc;
 
@@ -33,6 +34,7 @@ pub async fn serve_stdio(log: ClientLogReceiver, settings: Settings) -> i32 {
     })
     .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
     .custom_method("codellama/document", Backend::document_state)
+    .custom_method("codellama/prompt", Backend::show_prompt)
     .finish();
     let stdin = tokio::io::BufReader::with_capacity(1 << 16, tokio::io::stdin());
     let ending =

@@ -32,6 +32,10 @@ pub struct Backend {
     pub(super) host: Arc<ModelHost>,
     completer: Arc<Completer>,
     pub(super) chats: ChatSessions,
+    /// The workspace folders, from `initialize`.
+    roots: std::sync::Mutex<Vec<std::path::PathBuf>>,
+    /// Watches the workspace for changed files (completion context).
+    workspace_watcher: Arc<std::sync::Mutex<Option<notify::RecommendedWatcher>>>,
     /// Watches the loaded model's file for replacement (hot reload).
     pub(super) model_watcher: std::sync::Mutex<Option<notify::RecommendedWatcher>>,
     /// A problem found during `initialize`, shown once the client can display messages.
@@ -53,6 +57,8 @@ impl Backend {
             completer: Arc::new(Completer::new()),
             chats: ChatSessions::new(),
             model_watcher: std::sync::Mutex::default(),
+            roots: std::sync::Mutex::default(),
+            workspace_watcher: Arc::default(),
             startup_warning: std::sync::Mutex::default(),
         }
     }
@@ -80,6 +86,7 @@ impl Backend {
             document,
             cursor,
             automatic,
+            others: self.session.other_documents(uri.as_str()),
         };
         let settings = self.session.settings();
         match self
@@ -200,6 +207,87 @@ impl Backend {
     }
 }
 
+/// `codellama/prompt` `{textDocument, position}`: the completion prompt the model would see
+/// there, as text, with the files its workspace context came from ("why this suggestion?").
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptParams {
+    text_document: TextDocumentIdentifier,
+    position: Position,
+}
+
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PromptView {
+    text: String,
+    tokens: usize,
+    context_sources: Vec<String>,
+}
+
+impl Backend {
+    /// Starts watching the workspace folders for the completion context, when enabled (in the
+    /// background: walking a large workspace must not delay anything).
+    fn watch_workspace(&self) {
+        let roots = self.roots.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if roots.is_empty() || !self.session.settings().workspace_context {
+            return;
+        }
+        let (completer, slot) = (self.completer.clone(), self.workspace_watcher.clone());
+        tokio::task::spawn_blocking(move || {
+            match super::workspace_watch::start(&roots, completer) {
+                Ok((watcher, folders)) => {
+                    tracing::info!("watching {folders} workspace folders for completion context");
+                    *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(watcher);
+                }
+                Err(error) => tracing::warn!("cannot watch the workspace ({error})"),
+            }
+        });
+    }
+
+    pub async fn show_prompt(&self, params: PromptParams) -> Result<PromptView> {
+        let uri = params.text_document.uri;
+        let document = self.document(&uri)?;
+        let cursor =
+            document.char_index(convert::position(params.position), self.session.encoding());
+        let settings = self.session.settings();
+        let deadline =
+            std::time::Instant::now() + std::time::Duration::from_millis(settings.deadline_ms);
+        let Some(model) = self.host.ready(deadline).await else {
+            return Err(Error {
+                code: ErrorCode::InvalidRequest,
+                message: self.host.unavailable_reason().into(),
+                data: None,
+            });
+        };
+        let template = model.template.clone().map_err(|problem| Error {
+            code: ErrorCode::InvalidRequest,
+            message: problem.into(),
+            data: None,
+        })?;
+        let request = CompletionRequest {
+            uri: uri.as_str().to_owned(),
+            document,
+            cursor,
+            automatic: false,
+            others: self.session.other_documents(uri.as_str()),
+        };
+        let built = self
+            .completer
+            .build_prompt(&request, cursor, &settings, &model.tokenizer, &template)
+            .await
+            .map_err(|message| Error {
+                code: ErrorCode::InternalError,
+                message: message.into(),
+                data: None,
+            })?;
+        Ok(PromptView {
+            text: model.tokenizer.decode(&built.prompt.ids),
+            tokens: built.prompt.ids.len(),
+            context_sources: built.context_sources,
+        })
+    }
+}
+
 #[derive(Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DocumentStateParams {
@@ -237,6 +325,19 @@ impl LanguageServer for Backend {
         }
         self.session
             .set_client_support(capabilities::client_support(&params.capabilities));
+        #[allow(deprecated)] // rootUri: still what many clients send instead of workspaceFolders
+        let roots: Vec<std::path::PathBuf> = match &params.workspace_folders {
+            Some(folders) if !folders.is_empty() => folders
+                .iter()
+                .filter_map(|folder| convert::file_path(folder.uri.as_str()))
+                .collect(),
+            _ => params
+                .root_uri
+                .iter()
+                .filter_map(|uri| convert::file_path(uri.as_str()))
+                .collect(),
+        };
+        *self.roots.lock().unwrap_or_else(|p| p.into_inner()) = roots;
         self.session.initialize(encoding);
         tracing::info!("initialized; positions are counted in {encoding:?}");
         Ok(InitializeResult {
@@ -262,6 +363,7 @@ impl LanguageServer for Backend {
             );
             self.client.show_message(MessageType::ERROR, message).await;
         }
+        self.watch_workspace();
         self.load_configured_model(self.session.settings()).await;
     }
 
