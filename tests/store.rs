@@ -348,3 +348,49 @@ fn replacing_the_model_file_reloads_it_and_a_broken_file_keeps_the_old_one() {
     assert!(response["result"].is_array(), "{response}");
     assert!(client.shutdown().success());
 }
+
+#[test]
+fn models_info_describes_every_shared_fixture() {
+    let Some(dir) =
+        support::shared_fixture("README.md").and_then(|p| p.parent().map(Path::to_path_buf))
+    else {
+        return; // skipped, the reason printed by shared_fixture
+    };
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "gguf") {
+            continue;
+        }
+        seen += 1;
+        let home = scratch_dir("info");
+        let file = path.display().to_string();
+        let output = cli(&["models", "info", &file, "--json"], None, &home, true);
+        assert!(output.status.success(), "{file}: {}", stderr(&output));
+        let info: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(info["architecture"], "llama", "{file}");
+        assert!(
+            info["vocab_size"].as_u64().unwrap() >= 32000,
+            "{file}: {info}"
+        );
+        assert!(info["quant_types"].is_object(), "{file}");
+        let code_llama = file.contains("codellama");
+        assert_eq!(info["infill"], code_llama, "{file}: {info}");
+        if code_llama {
+            assert_eq!(
+                info["fim_tokens"],
+                json!({"prefix": 32007, "suffix": 32008, "middle": 32009})
+            );
+        }
+        let text = cli(&["models", "info", &file], None, &home, true);
+        let text = String::from_utf8(text.stdout).unwrap();
+        for field in ["architecture:", "vocabulary:", "quantization:", "infill:"] {
+            assert!(text.contains(field), "{file}: {text}");
+        }
+    }
+    assert!(
+        seen >= 4,
+        "expected the shared GGUF fixtures in {}",
+        dir.display()
+    );
+}
