@@ -260,13 +260,7 @@ fn the_server_downloads_a_hub_model_with_progress_then_loads_it_offline_from_the
             .contains("downloading")),
         "{messages:?}"
     );
-    client.open("file:///a.py", "python", "def f():\n    return ");
-    let response = client.call(
-        "textDocument/inlineCompletion",
-        json!({"textDocument": {"uri": "file:///a.py"}, "position": {"line": 1, "character": 11},
-               "context": {"triggerKind": 1}}),
-    );
-    assert!(response["result"].is_array(), "{response}");
+    assert_eq!(complete_once(&mut client), 1);
     assert!(client.shutdown().success());
 
     // Restarted offline with the hub gone: straight from the cache.
@@ -321,17 +315,7 @@ fn replacing_the_model_file_reloads_it_and_a_broken_file_keeps_the_old_one() {
         mentions(p, "still serving the previous model")
     });
     assert_eq!(warning["params"]["type"], 2, "{warning}");
-    client.open("file:///a.py", "python", "def f():\n    return ");
-    let response = client.call(
-        "textDocument/inlineCompletion",
-        json!({"textDocument": {"uri": "file:///a.py"}, "position": {"line": 1, "character": 11},
-               "context": {"triggerKind": 1}}),
-    );
-    assert_eq!(
-        response["result"].as_array().map(Vec::len),
-        Some(1),
-        "{response}"
-    );
+    assert_eq!(complete_once(&mut client), 1);
 
     // A good new file, renamed into place as download tools do: the server switches to it.
     let incoming = dir.join("incoming.tmp");
@@ -340,13 +324,22 @@ fn replacing_the_model_file_reloads_it_and_a_broken_file_keeps_the_old_one() {
     client.wait_for_matching("window/showMessage", |p| {
         mentions(p, "now serving codellama-lsp tiny F16")
     });
+    assert_eq!(complete_once(&mut client), 1);
+    assert!(client.shutdown().success());
+}
+
+/// Asks for one inline completion in a small Python file; returns how many items came back.
+fn complete_once(client: &mut LspClient) -> usize {
+    client.open("file:///a.py", "python", "def f():\n    return ");
     let response = client.call(
         "textDocument/inlineCompletion",
         json!({"textDocument": {"uri": "file:///a.py"}, "position": {"line": 1, "character": 11},
                "context": {"triggerKind": 1}}),
     );
-    assert!(response["result"].is_array(), "{response}");
-    assert!(client.shutdown().success());
+    response["result"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{response}"))
+        .len()
 }
 
 #[test]

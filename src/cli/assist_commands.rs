@@ -46,10 +46,17 @@ pub struct DocstringArgs {
     /// The column on that line (1-based; by default the first non-blank character).
     #[arg(long, value_name = "C")]
     character: Option<usize>,
+    #[command(flatten)]
+    output: OutputArgs,
+}
+
+/// How the result is given: printed (the default), as JSON, as a diff, or written in place.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
     /// The language, when the file's extension does not say it (python, rust, go, …).
     #[arg(long, value_name = "ID")]
     language: Option<String>,
-    /// Print one JSON object: kind, name, text, lines and the edit's range.
+    /// Print one JSON object (docstring: kind, name, text, lines, range; edit: edits, text).
     #[arg(long)]
     json: bool,
     /// Print the change as a unified diff.
@@ -73,22 +80,13 @@ pub struct EditArgs {
     /// How to rewrite it, e.g. "add type hints" or "use an iterator instead of the loop".
     #[arg(long, value_name = "TEXT")]
     instruction: String,
-    #[arg(long, value_name = "ID")]
-    language: Option<String>,
-    /// Print one JSON object: the edits and the new text of the range.
-    #[arg(long)]
-    json: bool,
-    /// Print the change as a unified diff.
-    #[arg(long, conflicts_with = "in_place")]
-    diff: bool,
-    /// Write the change into FILE.
-    #[arg(long)]
-    in_place: bool,
+    #[command(flatten)]
+    output: OutputArgs,
 }
 
 pub fn docstring(args: &DocstringArgs) -> Result<()> {
     let source = read_source(&args.file)?;
-    let language = language_of(&args.file, args.language.as_deref())?;
+    let language = language_of(&args.file, args.output.language.as_deref())?;
     let rope = Rope::from_str(&source);
     let character = match args.character {
         Some(character) => character,
@@ -108,7 +106,7 @@ pub fn docstring(args: &DocstringArgs) -> Result<()> {
     ))?;
     let edits = [docstring.edit.clone()];
     let new = apply(&source, &edits);
-    if args.json {
+    if args.output.json {
         let report = json!({
             "kind": docstring.kind,
             "name": docstring.name,
@@ -118,9 +116,14 @@ pub fn docstring(args: &DocstringArgs) -> Result<()> {
         });
         println!("{report}");
     } else {
-        finish(&args.file, &source, &new, args.diff, args.in_place, || {
-            print!("{}", docstring.edit.text)
-        })?;
+        finish(
+            &args.file,
+            &source,
+            &new,
+            args.output.diff,
+            args.output.in_place,
+            || print!("{}", docstring.edit.text),
+        )?;
     }
     Ok(())
 }
@@ -129,7 +132,7 @@ pub fn edit(args: &EditArgs) -> Result<()> {
     let source = read_source(&args.file)?;
     // Edits work on any text (the language only names the code fence), but a --language that
     // names nothing we know is a mistake worth reporting.
-    let language = match &args.language {
+    let language = match &args.output.language {
         Some(id) => Some(language_of(&args.file, Some(id))?),
         None => language_of(&args.file, None).ok(),
     };
@@ -151,19 +154,26 @@ pub fn edit(args: &EditArgs) -> Result<()> {
         &mut |_| {},
     ))?;
     let new = apply(&source, &edits);
-    if args.json {
+    if args.output.json {
         let edits: Vec<_> = edits
             .iter()
             .map(|edit| json!({"range": range_json(&rope, edit), "text": edit.text}))
             .collect();
         println!("{}", json!({"edits": edits, "text": new_text}));
     } else {
-        finish(&args.file, &source, &new, args.diff, args.in_place, || {
-            print!("{new_text}");
-            if !new_text.ends_with('\n') {
-                println!();
-            }
-        })?;
+        finish(
+            &args.file,
+            &source,
+            &new,
+            args.output.diff,
+            args.output.in_place,
+            || {
+                print!("{new_text}");
+                if !new_text.ends_with('\n') {
+                    println!();
+                }
+            },
+        )?;
     }
     Ok(())
 }
