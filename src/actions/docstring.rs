@@ -447,8 +447,11 @@ pub fn render(
                 let pad = if only.ends_with('"') { " " } else { "" };
                 text.push_str(&format!("{indent}\"\"\"{only}{pad}\"\"\"{newline}"));
             } else {
-                text.push_str(&format!("{indent}\"\"\"{}{newline}", escaped[0]));
-                for line in &escaped[1..] {
+                let (first, rest) = escaped
+                    .split_first()
+                    .map_or(("", &[][..]), |(f, r)| (f.as_str(), r));
+                text.push_str(&format!("{indent}\"\"\"{first}{newline}"));
+                for line in rest {
                     push_line(&mut text, &indent, "", line, newline);
                 }
                 text.push_str(&format!("{indent}\"\"\"{newline}"));
