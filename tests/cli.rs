@@ -406,3 +406,26 @@ fn docstring_and_edit_refuse_bad_requests_before_loading_a_model() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_log_level_goes_anywhere_but_server_options_do_not_precede_a_subcommand() {
+    let home = tempdir().join("empty-hf-home");
+    std::fs::create_dir_all(&home).unwrap();
+    let output = Command::new(support::binary())
+        .args(["--log-level", "warn", "models", "list"])
+        .env("HF_HOME", &home)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("No GGUF models"));
+    let output = Command::new(support::binary())
+        .args(["--model", "x.gguf", "models", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("options of the server"));
+}

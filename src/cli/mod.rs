@@ -43,7 +43,6 @@ stdout carries only LSP messages.";
 /// chat edits for any LSP editor, with nothing sent over the network.
 #[derive(Debug, Parser)]
 #[command(name = "codellama-lsp", version, after_help = EXAMPLES)]
-#[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     /// Log verbosity on stderr (overrides RUST_LOG).
     #[arg(long, global = true, value_enum, value_name = "LEVEL")]
@@ -120,6 +119,16 @@ impl LogLevel {
 /// Parses the command line, runs the chosen command and returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
+    // The server's options (`codellama-lsp --model M`) belong to serving; with a subcommand they
+    // are a mistake. (clap's `args_conflicts_with_subcommands` would also reject the global
+    // `--log-level` before a subcommand, so this is checked here.)
+    let serve_options = cli.serve.stdio || cli.serve.model.is_some() || cli.serve.device.is_some();
+    if serve_options && !matches!(cli.command, None | Some(Command::Serve(_))) {
+        eprintln!(
+            "codellama-lsp: error: --stdio, --model and --device before a subcommand are options of the server; put them after the subcommand"
+        );
+        return 2;
+    }
     // The server logs at info by default (its stderr is the editor's log); commands whose output
     // is the point stay quiet unless asked.
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));

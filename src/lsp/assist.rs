@@ -148,7 +148,14 @@ impl Backend {
         if selected && params.context.only.is_none() {
             let title = "Explain this code".to_owned();
             let arguments = json!({
-                "sessionId": format!("explain:{}", uri.as_str()),
+                // One conversation per explained range: explanations of other code do not
+                // crowd its history.
+                "sessionId": format!(
+                    "explain:{}:{}-{}",
+                    uri.as_str(),
+                    params.range.start.line,
+                    params.range.end.line
+                ),
                 "message": "Explain what this code does, briefly.",
                 "uri": uri,
                 "range": params.range,
