@@ -159,7 +159,7 @@ impl Completer {
             return Ok((Outcome::Nothing, None));
         };
         let built = self
-            .build_prompt(&request, cursor, settings, &model.tokenizer, &template)
+            .build_prompt(&request, settings, &model.tokenizer, &template)
             .await?
             .prompt;
         if let Some(cached) = self.cached(&built.ids) {
@@ -228,11 +228,11 @@ impl Completer {
     pub async fn build_prompt(
         &self,
         request: &CompletionRequest,
-        cursor: usize,
         settings: &Settings,
         tokenizer: &Tokenizer,
         template: &FimTemplate,
     ) -> Result<BuiltPrompt, String> {
+        let cursor = request.cursor.min(request.document.rope().len_chars());
         let window = WindowConfig {
             budget_tokens: settings.prompt_budget(),
             prefix_share: settings.prefix_share,

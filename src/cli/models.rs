@@ -275,12 +275,7 @@ fn verify(path: &std::path::Path) -> Result<()> {
     tokenizer_for(&gguf)?;
     let digest =
         store::sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
-    // A file in the Hugging Face cache is named by its published SHA-256.
-    let published = std::fs::canonicalize(path).ok().and_then(|blob| {
-        let name = blob.file_name()?.to_str()?.to_ascii_lowercase();
-        (name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit())).then_some(name)
-    });
-    match published {
+    match store::published_sha256(path) {
         Some(expected) if expected != digest => bail!(
             "{}: sha256 {digest} does not match the published {expected}: the file is damaged; delete it and download it again",
             path.display()

@@ -242,10 +242,7 @@ impl Backend {
         let offset = byte_offset(&document, args.position, self);
         let source = document.text();
         let generator = self.generator();
-        let (sender, pieces) = mpsc::unbounded_channel();
-        let mut on_text = move |piece: &str| {
-            let _ = sender.send(piece.to_owned());
-        };
+        let (mut on_text, pieces) = text_channel();
         let work = assist::docstring(&generator, language, &source, offset, &mut on_text);
         let docstring = self
             .streamed(
@@ -285,10 +282,7 @@ impl Backend {
         let source = document.text();
         let file_name = file_name(&args.uri);
         let generator = self.generator();
-        let (sender, pieces) = mpsc::unbounded_channel();
-        let mut on_text = move |piece: &str| {
-            let _ = sender.send(piece.to_owned());
-        };
+        let (mut on_text, pieces) = text_channel();
         let work = assist::edit_selection(
             &generator,
             language,
@@ -350,10 +344,7 @@ impl Backend {
                 code,
             });
         let generator = self.generator();
-        let (sender, pieces) = mpsc::unbounded_channel();
-        let mut on_text = move |piece: &str| {
-            let _ = sender.send(piece.to_owned());
-        };
+        let (mut on_text, pieces) = text_channel();
         let work = assist::chat(
             &generator,
             &self.chats,
@@ -529,6 +520,15 @@ fn workspace_edit(uri: &Uri, version: i32, edits: Vec<TextEdit>, versioned: bool
             ..WorkspaceEdit::default()
         }
     }
+}
+
+/// Where an assist flow streams its text (the sink), and where `streamed` reads it.
+fn text_channel() -> (impl FnMut(&str) + Send, mpsc::UnboundedReceiver<String>) {
+    let (sender, pieces) = mpsc::unbounded_channel();
+    let sink = move |piece: &str| {
+        let _ = sender.send(piece.to_owned());
+    };
+    (sink, pieces)
 }
 
 fn parse<T: serde::de::DeserializeOwned>(argument: Value) -> Result<T> {

@@ -70,6 +70,25 @@ impl Backend {
             .map_err(|error| invalid_params(error.to_string()))
     }
 
+    /// What the completer needs for a cursor at `position` in `uri`: a snapshot of the document,
+    /// the cursor as a char index, and the other open documents (workspace context).
+    fn completion_request(
+        &self,
+        uri: &Uri,
+        position: Position,
+        automatic: bool,
+    ) -> Result<CompletionRequest> {
+        let document = self.document(uri)?;
+        let cursor = document.char_index(convert::position(position), self.session.encoding());
+        Ok(CompletionRequest {
+            uri: uri.as_str().to_owned(),
+            document,
+            cursor,
+            automatic,
+            others: self.session.other_documents(uri.as_str()),
+        })
+    }
+
     /// Runs the completer for `uri` at `position`; `None` when there is nothing to show.
     async fn suggest(
         &self,
@@ -77,17 +96,12 @@ impl Backend {
         position: Position,
         automatic: bool,
     ) -> Result<Option<Placed>> {
-        let document = self.document(uri)?;
-        let encoding = self.session.encoding();
-        let cursor = document.char_index(convert::position(position), encoding);
-        let at = convert::to_lsp_position(document.position_of(cursor, encoding));
-        let request = CompletionRequest {
-            uri: uri.as_str().to_owned(),
-            document,
-            cursor,
-            automatic,
-            others: self.session.other_documents(uri.as_str()),
-        };
+        let request = self.completion_request(uri, position, automatic)?;
+        let at = convert::to_lsp_position(
+            request
+                .document
+                .position_of(request.cursor, self.session.encoding()),
+        );
         let settings = self.session.settings();
         match self
             .completer
@@ -245,10 +259,7 @@ impl Backend {
     }
 
     pub async fn show_prompt(&self, params: PromptParams) -> Result<PromptView> {
-        let uri = params.text_document.uri;
-        let document = self.document(&uri)?;
-        let cursor =
-            document.char_index(convert::position(params.position), self.session.encoding());
+        let request = self.completion_request(&params.text_document.uri, params.position, false)?;
         let settings = self.session.settings();
         let deadline =
             std::time::Instant::now() + std::time::Duration::from_millis(settings.deadline_ms);
@@ -264,16 +275,9 @@ impl Backend {
             message: problem.into(),
             data: None,
         })?;
-        let request = CompletionRequest {
-            uri: uri.as_str().to_owned(),
-            document,
-            cursor,
-            automatic: false,
-            others: self.session.other_documents(uri.as_str()),
-        };
         let built = self
             .completer
-            .build_prompt(&request, cursor, &settings, &model.tokenizer, &template)
+            .build_prompt(&request, &settings, &model.tokenizer, &template)
             .await
             .map_err(|message| Error {
                 code: ErrorCode::InternalError,

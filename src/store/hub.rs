@@ -270,20 +270,23 @@ impl From<&str> for Mismatch {
 /// Checks a downloaded file against its blob name, when that is a SHA-256 (Git LFS files).
 fn verify(path: &Path) -> Result<(), Mismatch> {
     let blob = std::fs::canonicalize(path).map_err(|e| Mismatch::Io(e.to_string()))?;
-    let expected = blob
-        .file_name()
-        .and_then(|name| name.to_str())
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    if expected.len() != 64 || !expected.chars().all(|c| c.is_ascii_hexdigit()) {
+    let Some(expected) = published_sha256(&blob) else {
         return Ok(()); // not an LFS object: no digest to check against
-    }
+    };
     let actual = sha256_file(&blob).map_err(|e| Mismatch::Io(e.to_string()))?;
     if actual == expected {
         Ok(())
     } else {
         Err(Mismatch::Digest { expected, actual })
     }
+}
+
+/// The SHA-256 a cached file was published with: Git LFS files live in the cache's `blobs/`
+/// under their digest, which the snapshot entry links to. `None` for other files.
+pub fn published_sha256(path: &Path) -> Option<String> {
+    let blob = std::fs::canonicalize(path).ok()?;
+    let name = blob.file_name()?.to_str()?.to_ascii_lowercase();
+    (name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit())).then_some(name)
 }
 
 pub fn sha256_file(path: &Path) -> std::io::Result<String> {

@@ -7,7 +7,7 @@ mod spec;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-pub use hub::{CachedModel, DownloadProgress, Store, StoreError, sha256_file};
+pub use hub::{CachedModel, DownloadProgress, Store, StoreError, published_sha256, sha256_file};
 pub use spec::{DEFAULT_MODEL, HubFile, ModelSpec};
 
 /// The local file for `spec`: a path as it is, a hub file from the cache or downloaded.
