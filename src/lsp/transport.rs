@@ -23,6 +23,7 @@ use tower_lsp_server::{ClientSocket, LspService};
 use super::server::Backend;
 use super::text_sync;
 use crate::session::Session;
+use crate::settings::SettingsLayer;
 
 /// Longest header line we accept; real headers are a few dozen bytes.
 const MAX_HEADER_LINE: u64 = 8 * 1024;
@@ -30,6 +31,7 @@ const MAX_HEADER_LINE: u64 = 8 * 1024;
 pub const MAX_BODY_BYTES: usize = 512 * 1024 * 1024;
 
 const CANCEL_PROGRESS: &str = "window/workDoneProgress/cancel";
+const DID_CHANGE_CONFIGURATION: &str = "workspace/didChangeConfiguration";
 
 /// `window/workDoneProgress/cancel`: stops the work behind the token, if it is still running.
 fn cancel_progress(session: &Session, params: Option<&Value>) {
@@ -322,6 +324,15 @@ where
             // tower-lsp-server has no route for it; the work it cancels is registered here.
             cancel_progress(&session, request.params());
             continue;
+        }
+        if request.method() == DID_CHANGE_CONFIGURATION {
+            // Settings take effect in arrival order, like text: a request sent after a change
+            // must see it. The handler applies the same layer again (a no-op by then) to report
+            // a bad one and to reload the model.
+            let settings = request.params().and_then(|params| params.get("settings"));
+            if let Some(layer) = settings.and_then(|s| SettingsLayer::from_json(s).ok()) {
+                let _ = session.apply_settings(&layer);
+            }
         }
         if futures::future::poll_fn(|cx| service.poll_ready(cx))
             .await
