@@ -94,6 +94,11 @@ impl ModelHost {
         self.state.borrow().clone()
     }
 
+    /// Every state change, for whoever displays it.
+    pub fn subscribe(&self) -> watch::Receiver<ModelState> {
+        self.state.subscribe()
+    }
+
     /// Loads `path` unless that exact model is already loaded or loading. Returns `None` when
     /// nothing had to be done, else the outcome (the model's name, or why it failed).
     pub async fn load(

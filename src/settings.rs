@@ -67,7 +67,9 @@ impl SettingsLayer {
     /// (as `workspace/didChangeConfiguration` usually nests them).
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
         let value = value.get("codellama").unwrap_or(value);
-        if value.is_null() {
+        // Lua clients encode an empty table as `[]`: like `null`, it sets nothing.
+        let empty_array = value.as_array().is_some_and(Vec::is_empty);
+        if value.is_null() || empty_array {
             return Ok(Self::default());
         }
         serde_json::from_value(value.clone()).map_err(|error| format!("invalid settings: {error}"))
@@ -190,5 +192,19 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown device")
         );
+    }
+
+    #[test]
+    fn an_empty_table_from_a_lua_client_sets_nothing() {
+        // Neovim sends `{}` from Lua as `[]`; it must not be refused.
+        assert_eq!(
+            SettingsLayer::from_json(&json!([])),
+            Ok(SettingsLayer::default())
+        );
+        assert_eq!(
+            SettingsLayer::from_json(&json!(null)),
+            Ok(SettingsLayer::default())
+        );
+        assert!(SettingsLayer::from_json(&json!([1])).is_err());
     }
 }

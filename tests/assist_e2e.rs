@@ -333,6 +333,10 @@ fn chat_answers_and_remembers_the_session() {
     if let Some(result) = response.get("result") {
         assert_eq!(result["sessionId"], "s");
         assert!(result["answer"].is_string());
+        // Chat views stream the answer from `codellama/chatStream`; the last one is the answer.
+        let last = client.wait_for_matching("codellama/chatStream", |p| p["done"] == true);
+        assert_eq!(last["params"]["sessionId"], "s");
+        assert_eq!(last["params"]["text"], result["answer"]);
     } else {
         assert!(response["error"]["message"].is_string(), "{response}");
     }

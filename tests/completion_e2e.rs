@@ -160,6 +160,37 @@ fn a_missing_model_is_reported_and_requests_answer_empty() {
     assert!(error.contains("/nowhere/model.gguf"), "{error}");
     let id = inline(&mut client, 2, 11, 1);
     assert_eq!(client.response(&json!(id))["result"], json!([]));
+    // Status items and health checks read the same reason, as data.
+    let status = client.call("codellama/status", json!({}))["result"].clone();
+    assert_eq!(status["state"], "error", "{status}");
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .contains("/nowhere/model.gguf"),
+        "{status}"
+    );
+    let pushed = client.wait_for_matching("codellama/status", |p| p["state"] == "error");
+    assert_eq!(pushed["params"], status);
+    assert!(client.shutdown().success());
+}
+
+#[test]
+fn the_status_names_the_ready_model_and_the_encoding() {
+    let mut client = start(
+        json!({}),
+        json!({"general": {"positionEncodings": ["utf-8"]}}),
+    );
+    let status = client.call("codellama/status", json!(null))["result"].clone();
+    assert_eq!(status["state"], "ready", "{status}");
+    assert_eq!(status["infill"], true, "{status}");
+    assert_eq!(status["encoding"], "utf-8");
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    let model = status["model"].as_str().unwrap();
+    assert!(!model.is_empty() && status["message"].as_str().unwrap().contains(model));
+    // Pushed too, ending in the same state: a client that only listens sees "ready".
+    let pushed = client.wait_for_matching("codellama/status", |p| p["state"] == "ready");
+    assert_eq!(pushed["params"], status);
     assert!(client.shutdown().success());
 }
 

@@ -261,6 +261,22 @@ fn the_server_downloads_a_hub_model_with_progress_then_loads_it_offline_from_the
         "{messages:?}"
     );
     assert_eq!(complete_once(&mut client), 1);
+    // The status moved forward only: starting → downloading → loading → ready (a fast download
+    // may skip states between reports, never go back).
+    client.wait_for_matching("codellama/status", |p| p["state"] == "ready");
+    let order = ["starting", "downloading", "loading", "ready"];
+    let states: Vec<usize> = client
+        .notifications("codellama/status")
+        .iter()
+        .map(|m| {
+            let state = m["params"]["state"].as_str().unwrap();
+            order
+                .iter()
+                .position(|s| *s == state)
+                .unwrap_or_else(|| panic!("{m}"))
+        })
+        .collect();
+    assert!(states.windows(2).all(|w| w[0] <= w[1]), "{states:?}");
     assert!(client.shutdown().success());
 
     // Restarted offline with the hub gone: straight from the cache.

@@ -78,6 +78,22 @@ struct ChatArgs {
     show: bool,
 }
 
+/// The server → client notification streaming a chat answer.
+enum ChatStream {}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ChatStreamParams {
+    session_id: String,
+    text: String,
+    done: bool,
+}
+
+impl tower_lsp_server::ls_types::notification::Notification for ChatStream {
+    type Params = ChatStreamParams;
+    const METHOD: &'static str = "codellama/chatStream";
+}
+
 impl Backend {
     /// `textDocument/codeAction`: what can be done at the cursor or selection, without the model.
     pub(super) async fn list_code_actions(
@@ -251,6 +267,7 @@ impl Backend {
                 work,
                 pieces,
                 Some((&args.uri, &document)),
+                None,
             )
             .await?;
         let edit = self.text_edit(&document, &docstring.edit);
@@ -299,6 +316,7 @@ impl Backend {
                 work,
                 pieces,
                 Some((&args.uri, &document)),
+                None,
             )
             .await?;
         let edits: Vec<TextEdit> = replacements
@@ -353,7 +371,10 @@ impl Backend {
             context,
             &mut on_text,
         );
-        let answer = self.streamed("Thinking", token, work, pieces, None).await?;
+        let answer = self
+            .streamed("Thinking", token, work, pieces, None, Some(&session_id))
+            .await?;
+        self.send_chat_stream(&session_id, &answer, true).await;
         if args.show {
             self.client.show_message(MessageType::INFO, &answer).await;
         }
@@ -397,6 +418,7 @@ impl Backend {
         work: impl Future<Output = std::result::Result<T, AssistError>>,
         mut pieces: mpsc::UnboundedReceiver<String>,
         for_document: Option<(&Uri, &Document)>,
+        chat_session: Option<&str>,
     ) -> std::result::Result<T, AssistError> {
         let is_stale = || {
             for_document.is_some_and(|(uri, made_for)| {
@@ -412,6 +434,7 @@ impl Backend {
             .map_or_else(|| Arc::new(CancelFlag::default()), |p| p.cancel.clone());
         tokio::pin!(work);
         let mut streamed = String::new();
+        let mut last_chat_update: Option<Instant> = None;
         let result = loop {
             tokio::select! {
                 result = &mut work => break result,
@@ -419,6 +442,12 @@ impl Backend {
                     streamed.push_str(&piece);
                     if let Some(progress) = progress.as_mut() {
                         progress.report(&streamed).await;
+                    }
+                    if let Some(session_id) = chat_session
+                        && last_chat_update.is_none_or(|last| last.elapsed() >= ProgressReporter::REPORT_EVERY)
+                    {
+                        last_chat_update = Some(Instant::now());
+                        self.send_chat_stream(session_id, &streamed, false).await;
                     }
                 }
                 () = cancel.cancelled() => break Err(AssistError::Cancelled),
@@ -437,6 +466,17 @@ impl Backend {
             progress.end(message).await;
         }
         result
+    }
+
+    /// `codellama/chatStream`: a chat answer so far (the whole text), for clients' chat views.
+    async fn send_chat_stream(&self, session_id: &str, text: &str, done: bool) {
+        self.client
+            .send_notification::<ChatStream>(ChatStreamParams {
+                session_id: session_id.to_owned(),
+                text: text.to_owned(),
+                done,
+            })
+            .await;
     }
 
     /// Sends the edit to the client, versioned when it can check versions, and only if the

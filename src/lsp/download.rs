@@ -11,6 +11,7 @@ use tower_lsp_server::ls_types::{MessageType, ProgressToken};
 use tower_lsp_server::{Bounded, NotCancellable, OngoingProgress};
 
 use super::server::Backend;
+use super::status::Download;
 use crate::store::{DownloadProgress, ModelSpec, Store};
 
 /// Latest byte counts, for the reporting loop.
@@ -87,6 +88,7 @@ impl Backend {
                         continue;
                     }
                     let (done, total) = *updates.borrow_and_update();
+                    self.download.send_replace(Some(Download { what: name.clone(), done, total }));
                     if let Some(progress) = &progress {
                         let message = if counts.verifying.load(Ordering::SeqCst) {
                             "verifying the checksum".to_owned()
@@ -101,6 +103,7 @@ impl Backend {
                 }
             }
         };
+        self.download.send_replace(None);
         if let Some(progress) = progress {
             progress.finish().await;
         }

@@ -8,6 +8,7 @@ mod download;
 mod hot_reload;
 mod log_bridge;
 mod server;
+mod status;
 mod text_sync;
 pub mod transport;
 mod workspace_watch;
@@ -35,6 +36,7 @@ pub async fn serve_stdio(log: ClientLogReceiver, settings: Settings) -> i32 {
     .custom_method("textDocument/inlineCompletion", Backend::inline_completion)
     .custom_method("codellama/document", Backend::document_state)
     .custom_method("codellama/prompt", Backend::show_prompt)
+    .custom_method("codellama/status", Backend::status)
     .finish();
     let stdin = tokio::io::BufReader::with_capacity(1 << 16, tokio::io::stdin());
     let ending =

@@ -40,6 +40,8 @@ pub struct Backend {
     pub(super) model_watcher: std::sync::Mutex<Option<notify::RecommendedWatcher>>,
     /// A problem found during `initialize`, shown once the client can display messages.
     startup_warning: std::sync::Mutex<Option<String>>,
+    /// The model download in progress, if any (for `codellama/status`).
+    pub(super) download: super::status::DownloadSender,
 }
 
 /// A suggestion at a cursor, in the negotiated encoding.
@@ -60,6 +62,7 @@ impl Backend {
             roots: std::sync::Mutex::default(),
             workspace_watcher: Arc::default(),
             startup_warning: std::sync::Mutex::default(),
+            download: tokio::sync::watch::Sender::new(None),
         }
     }
 
@@ -367,6 +370,7 @@ impl LanguageServer for Backend {
             );
             self.client.show_message(MessageType::ERROR, message).await;
         }
+        self.publish_status();
         self.watch_workspace();
         self.load_configured_model(self.session.settings()).await;
     }
