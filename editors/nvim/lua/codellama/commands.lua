@@ -14,6 +14,18 @@ local function need_client(bufnr)
   return client
 end
 
+--- Runs a server command that applies an edit itself; says so when nothing was applied.
+local function run_edit_command(client, bufnr, command, args, not_applied, on_done)
+  util.execute(client, bufnr, command, args, function(result)
+    if type(result) == "table" and result.applied == false then
+      util.notify(not_applied, vim.log.levels.WARN)
+    end
+    if on_done then
+      on_done(result)
+    end
+  end)
+end
+
 --- :CodellamaDocstring: a docstring for the function or class at the cursor.
 function M.docstring(bufnr, on_done)
   bufnr = bufnr or api.nvim_get_current_buf()
@@ -22,28 +34,14 @@ function M.docstring(bufnr, on_done)
     return
   end
   local row, col = util.cursor()
-  util.execute(client, bufnr, "codellama.generateDocstring", {
+  run_edit_command(client, bufnr, "codellama.generateDocstring", {
     uri = vim.uri_from_bufnr(bufnr),
     position = util.lsp_position(bufnr, row, col, client.offset_encoding),
-  }, function(result)
-    if type(result) == "table" and result.applied == false then
-      util.notify("codellama: the editor did not apply the docstring", vim.log.levels.WARN)
-    end
-    if on_done then
-      on_done(result)
-    end
-  end)
+  }, "codellama: the docstring was not applied", on_done)
 end
 
 local function edit_selection(client, bufnr, args, on_done)
-  util.execute(client, bufnr, "codellama.editSelection", args, function(result)
-    if type(result) == "table" and result.applied == false then
-      util.notify("codellama: the editor did not apply the edit", vim.log.levels.WARN)
-    end
-    if on_done then
-      on_done(result)
-    end
-  end)
+  run_edit_command(client, bufnr, "codellama.editSelection", args, "codellama: the answer changed nothing", on_done)
 end
 
 --- Asks for an instruction unless `args` has one, then runs codellama.editSelection.
