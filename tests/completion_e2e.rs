@@ -135,6 +135,35 @@ fn completion_gives_the_same_suggestion_as_one_item() {
     assert_eq!(list["isIncomplete"], true, "{response}");
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
     assert_eq!(list["items"][0]["textEdit"]["newText"], inline_text);
+
+    // Mid-word, the item replaces the typed word and starts with it, so clients that filter by
+    // that word (Helix, Emacs) keep it.
+    let inline_id = inline(&mut client, 2, 10, 1);
+    let inline_text = client.response(&json!(inline_id))["result"][0]["insertText"].clone();
+    let response = client.call(
+        "textDocument/completion",
+        json!({"textDocument": {"uri": URI}, "position": {"line": 2, "character": 10}}),
+    );
+    let item = &response["result"]["items"][0];
+    let new_text = item["textEdit"]["newText"].as_str().unwrap();
+    assert_eq!(
+        Some(new_text),
+        format!("return{}", inline_text.as_str().unwrap())
+            .as_str()
+            .into()
+    );
+    assert_eq!(
+        item["textEdit"]["range"]["start"],
+        json!({"line": 2, "character": 4})
+    );
+    assert_eq!(
+        item["textEdit"]["range"]["end"],
+        json!({"line": 2, "character": 10})
+    );
+    assert!(
+        item["filterText"].as_str().unwrap().starts_with("return"),
+        "{item}"
+    );
     assert!(client.shutdown().success());
 }
 

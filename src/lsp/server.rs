@@ -48,6 +48,10 @@ pub struct Backend {
 struct Placed {
     text: String,
     at: Position,
+    /// The identifier characters just before the cursor, and where they start: completion
+    /// items replace them, so clients that filter by the typed word keep the item.
+    word: String,
+    word_start: Position,
 }
 
 impl Backend {
@@ -100,18 +104,27 @@ impl Backend {
         automatic: bool,
     ) -> Result<Option<Placed>> {
         let request = self.completion_request(uri, position, automatic)?;
-        let at = convert::to_lsp_position(
-            request
-                .document
-                .position_of(request.cursor, self.session.encoding()),
-        );
+        let encoding = self.session.encoding();
+        let at = convert::to_lsp_position(request.document.position_of(request.cursor, encoding));
+        let rope = request.document.rope();
+        let mut start = request.cursor;
+        while start > 0 && is_word_char(rope.char(start - 1)) {
+            start -= 1;
+        }
+        let word: String = rope.slice(start..request.cursor).into();
+        let word_start = convert::to_lsp_position(request.document.position_of(start, encoding));
         let settings = self.session.settings();
         match self
             .completer
             .complete(request, &settings, &self.host)
             .await
         {
-            Ok((Outcome::Suggestion(text), _)) => Ok(Some(Placed { text, at })),
+            Ok((Outcome::Suggestion(text), _)) => Ok(Some(Placed {
+                text,
+                at,
+                word,
+                word_start,
+            })),
             Ok((Outcome::Nothing | Outcome::Superseded, _)) => Ok(None),
             Err(message) => {
                 tracing::warn!("completion failed: {message}");
@@ -309,6 +322,10 @@ pub struct DocumentState {
     text: String,
 }
 
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_'
+}
+
 pub fn invalid_params(message: impl Into<String>) -> Error {
     Error {
         code: ErrorCode::InvalidParams,
@@ -405,20 +422,23 @@ impl LanguageServer for Backend {
             .await?;
         let items = placed
             .map(|placed| {
-                let label = placed
-                    .text
+                // The typed word goes in front, so editors that filter items by the word
+                // before the cursor (Helix, Emacs) keep showing the suggestion mid-word.
+                let new_text = format!("{}{}", placed.word, placed.text);
+                let label = new_text
                     .lines()
                     .next()
                     .unwrap_or_default()
                     .trim()
                     .to_owned();
                 CompletionItem {
+                    filter_text: Some(label.clone()),
                     label,
                     kind: Some(CompletionItemKind::SNIPPET),
                     detail: Some("codellama".into()),
                     text_edit: Some(CompletionTextEdit::Edit(TextEdit::new(
-                        tower_lsp_server::ls_types::Range::new(placed.at, placed.at),
-                        placed.text,
+                        tower_lsp_server::ls_types::Range::new(placed.word_start, placed.at),
+                        new_text,
                     ))),
                     ..CompletionItem::default()
                 }
