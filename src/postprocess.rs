@@ -51,6 +51,13 @@ pub fn completion(raw: &str, context: &Context) -> Option<String> {
     (!text.trim().is_empty()).then_some(text)
 }
 
+/// `text` with every marker taken out (for prose, where the words around one still stand).
+pub fn without_markers(text: &str) -> String {
+    MARKERS
+        .iter()
+        .fold(text.to_owned(), |text, marker| text.replace(marker, ""))
+}
+
 fn cut_at_markers(text: &str) -> &str {
     let cut = MARKERS
         .iter()
@@ -266,6 +273,14 @@ mod tests {
     fn closers_the_suffix_already_has_are_dropped() {
         check("foo(bar(|))\n", "x))", Some("x"));
         check("items[|]", "0]", Some("0"));
+    }
+
+    #[test]
+    fn markers_are_taken_out_of_prose() {
+        assert_eq!(
+            without_markers("<MID>Adds two numbers.<MID></s>"),
+            "Adds two numbers."
+        );
     }
 
     #[test]

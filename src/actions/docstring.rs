@@ -217,7 +217,8 @@ pub fn sanitize(
     language: Language,
     target: &DocTarget,
 ) -> Result<Vec<String>, Unusable> {
-    let answer = answer.replace("\r\n", "\n");
+    // A model's infilling or control token must never reach the documentation as text.
+    let answer = crate::postprocess::without_markers(answer).replace("\r\n", "\n");
     let found = match origin {
         Answer::Infill => words(&answer, origin, language, target),
         Answer::Chat => chat_candidates(&answer)

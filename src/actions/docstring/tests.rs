@@ -49,6 +49,17 @@ fn python_docstring_from_a_chat_answer_with_fences_and_signature() {
 }
 
 #[test]
+fn leaked_infilling_tokens_never_reach_the_docstring() {
+    documented(
+        Language::Python,
+        "def area(r):\n    return$0 3.14 * r * r\n",
+        Answer::Infill,
+        "<MID>Area of a circle<MID> of radius r.</s>",
+        "def area(r):\n    \"\"\"Area of a circle of radius r.\"\"\"\n    return 3.14 * r * r\n",
+    );
+}
+
+#[test]
 fn python_one_liners_and_dangerous_quotes() {
     documented(
         Language::Python,
