@@ -443,9 +443,9 @@ impl Backend {
                     if let Some(progress) = progress.as_mut() {
                         progress.report(&streamed).await;
                     }
-                    if let Some(session_id) = chat_session
-                        && last_chat_update.is_none_or(|last| last.elapsed() >= ProgressReporter::REPORT_EVERY)
-                    {
+                    let due = last_chat_update
+                        .is_none_or(|last| last.elapsed() >= ProgressReporter::REPORT_EVERY);
+                    if let Some(session_id) = chat_session.filter(|_| due) {
                         last_chat_update = Some(Instant::now());
                         self.send_chat_stream(session_id, &streamed, false).await;
                     }

@@ -88,7 +88,8 @@ impl Backend {
                         continue;
                     }
                     let (done, total) = *updates.borrow_and_update();
-                    self.download.send_replace(Some(Download { what: name.clone(), done, total }));
+                    let what = name.clone();
+                    self.download.send_replace(Some(Download { what, done, total }));
                     if let Some(progress) = &progress {
                         let message = if counts.verifying.load(Ordering::SeqCst) {
                             "verifying the checksum".to_owned()
