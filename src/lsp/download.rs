@@ -58,6 +58,13 @@ impl Backend {
             return Some(path);
         }
         let name = hub.to_string();
+        // The download first, so the status never says "loading" before "downloading".
+        let starting = Download {
+            what: name.clone(),
+            done: 0,
+            total: 0,
+        };
+        self.download.send_replace(Some(starting));
         self.host.fetching(&name);
         if !store.offline {
             let why = if configured.is_none() {
