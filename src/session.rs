@@ -40,6 +40,9 @@ pub struct ClientSupport {
     pub versioned_edits: bool,
     /// `CodeAction` literals in `textDocument/codeAction` answers (else only `Command`s).
     pub code_action_literals: bool,
+    /// Shows `codellama/status` itself (`experimental.codellamaStatus`): "ready" needs no
+    /// pop-up on every start.
+    pub status_notifications: bool,
 }
 
 /// Set once, by a cancel from the client; waited on by the work it cancels.

@@ -224,6 +224,24 @@ fn the_status_names_the_ready_model_and_the_encoding() {
 }
 
 #[test]
+fn clients_that_show_the_status_get_no_ready_pop_up() {
+    let mut client = LspClient::spawn(&[]);
+    let model = support::fixture_model();
+    client.call(
+        "initialize",
+        json!({"processId": null, "capabilities": {"experimental": {"codellamaStatus": true}},
+               "initializationOptions": {"model": model}}),
+    );
+    client.notify("initialized", json!({}));
+    client.wait_for_matching("codellama/status", |p| p["state"] == "ready");
+    // A request after "ready" orders the check: any pop-up would have come before its answer.
+    client.call("codellama/status", json!({}));
+    let messages = client.notifications("window/showMessage");
+    assert!(messages.is_empty(), "{messages:?}");
+    assert!(client.shutdown().success());
+}
+
+#[test]
 fn invalid_initialization_options_are_reported_and_the_server_still_starts() {
     let mut client = LspClient::spawn(&[]);
     let response = client.call(

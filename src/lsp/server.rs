@@ -217,7 +217,11 @@ impl Backend {
                     None => (MessageType::INFO, format!("codellama-lsp: {name} is ready")),
                 };
                 tracing::info!("{message}");
-                self.client.show_message(kind, message).await;
+                // Clients that show `codellama/status` already say "ready"; problems still pop up.
+                let shown_in_status = self.session.client_support().status_notifications;
+                if kind != MessageType::INFO || !shown_in_status {
+                    self.client.show_message(kind, message).await;
+                }
             }
             Some(Err(error)) => {
                 tracing::error!("loading the model failed: {error}");

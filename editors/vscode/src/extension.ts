@@ -194,6 +194,20 @@ class Extension implements vscode.Disposable {
     };
     const client = new CodellamaClient('codellama', 'Codellama', serverOptions, clientOptions);
     this.client = client;
+    // Tells the server that the status item shows "ready", so it needs no pop-up on each start.
+    client.registerFeature({
+      fillClientCapabilities: (capabilities) => {
+        const experimental: Record<string, unknown> =
+          typeof capabilities.experimental === 'object' && capabilities.experimental !== null
+            ? { ...(capabilities.experimental as Record<string, unknown>) }
+            : {};
+        experimental.codellamaStatus = true;
+        capabilities.experimental = experimental;
+      },
+      initialize: () => undefined,
+      getState: () => ({ kind: 'static' }),
+      clear: () => undefined,
+    });
     client.onNotification('codellama/status', (status: unknown) => {
       if (isServerStatus(status)) this.status.set({ kind: 'server', status });
     });

@@ -26,6 +26,12 @@ local function lsp_config()
     -- nil rather than {}: an empty Lua table goes out as a JSON array, which the server
     -- refuses as settings.
     init_options = next(settings) and settings or nil,
+    -- The statusline and vim.notify show codellama/status, so the server skips its "ready" pop-up.
+    capabilities = vim.tbl_deep_extend(
+      "force",
+      vim.lsp.protocol.make_client_capabilities(),
+      { experimental = { codellamaStatus = true } }
+    ),
     -- Answers workspace/configuration and is sent as didChangeConfiguration after
     -- initialize (Neovim does that when settings are not empty).
     settings = next(settings) and { codellama = settings } or nil,
