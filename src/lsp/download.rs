@@ -95,16 +95,16 @@ impl Backend {
                         continue;
                     }
                     let (done, total) = *updates.borrow_and_update();
-                    let what = name.clone();
-                    self.download.send_replace(Some(Download { what, done, total }));
+                    let download = Download { what: name.clone(), done, total };
+                    let percent = download.percent();
+                    self.download.send_replace(Some(download));
                     if let Some(progress) = &progress {
                         let message = if counts.verifying.load(Ordering::SeqCst) {
                             "verifying the checksum".to_owned()
                         } else {
                             format!("{} of {}", megabytes(done), megabytes(total))
                         };
-                        let percent = (done * 100).checked_div(total).unwrap_or(0) as u32;
-                        progress.report_with_message(message, percent.min(100)).await;
+                        progress.report_with_message(message, percent).await;
                     }
                     // Reports at most a few times a second, however fast the bytes come.
                     tokio::time::sleep(Duration::from_millis(250)).await;

@@ -22,6 +22,16 @@ pub struct Download {
     pub total: u64,
 }
 
+impl Download {
+    /// 0–100; 0 while the size is unknown.
+    pub fn percent(&self) -> u32 {
+        (self.done.saturating_mul(100))
+            .checked_div(self.total)
+            .unwrap_or(0)
+            .min(100) as u32
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
@@ -62,10 +72,6 @@ pub fn status(
     download: Option<&Download>,
     encoding: PositionEncoding,
 ) -> Status {
-    let encoding = match encoding {
-        PositionEncoding::Utf8 => "utf-8",
-        PositionEncoding::Utf16 => "utf-16",
-    };
     let base = Status {
         state: State::Starting,
         model: None,
@@ -73,13 +79,9 @@ pub fn status(
         percent: None,
         infill: None,
         version: crate::VERSION.into(),
-        encoding: encoding.into(),
+        encoding: super::convert::encoding_kind(encoding).as_str().to_owned(),
     };
     if let (ModelState::Loading(_), Some(download)) = (state, download) {
-        let percent = (download.done.saturating_mul(100))
-            .checked_div(download.total)
-            .unwrap_or(0)
-            .min(100) as u32;
         return Status {
             state: State::Downloading,
             model: Some(download.what.clone()),
@@ -89,7 +91,7 @@ pub fn status(
                 download.done as f64 / 1e6,
                 download.total as f64 / 1e6
             ),
-            percent: Some(percent),
+            percent: Some(download.percent()),
             ..base
         };
     }
