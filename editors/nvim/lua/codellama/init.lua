@@ -56,9 +56,17 @@ local function define_highlights()
   api.nvim_set_hl(0, hl, { link = "Comment", default = true })
 end
 
-local function on_attach(args)
+--- The codellama client of an LspAttach/LspDetach event, or nil for another server's.
+local function event_client(args)
   local client = vim.lsp.get_client_by_id(args.data.client_id)
-  if not client or client.name ~= util.name then
+  if client and client.name == util.name then
+    return client
+  end
+end
+
+local function on_attach(args)
+  local client = event_client(args)
+  if not client then
     return
   end
   local bufnr = args.buf
@@ -77,8 +85,7 @@ local function on_attach(args)
 end
 
 local function on_detach(args)
-  local client = vim.lsp.get_client_by_id(args.data.client_id)
-  if not client or client.name ~= util.name then
+  if not event_client(args) then
     return
   end
   require("codellama.ghost").detach(args.buf)
