@@ -74,15 +74,26 @@ async function waitFor(what, probe, { timeout = timeoutMs, nudge, nudgeMs = 4000
 
 const readFile = () => fs.readFileSync(filePath, 'utf8');
 
+const GHOST_SELECTOR =
+  '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text-decoration-preview, .monaco-editor .ghost-text';
+
+/** The visible lines of the editor as real text: ghost text left out, non-breaking spaces as spaces. */
+async function committedLines() {
+  return page.evaluate((ghostSelector) => {
+    const lines = document.querySelector('.editor-instance .monaco-editor .view-lines');
+    if (!lines) return [];
+    return [...lines.querySelectorAll('.view-line')].map((line) => {
+      const copy = line.cloneNode(true);
+      for (const ghost of copy.querySelectorAll(ghostSelector)) ghost.remove();
+      return (copy.textContent || '').replace(/\u00a0/g, ' ');
+    });
+  }, GHOST_SELECTOR);
+}
+
 async function ghostText() {
-  return page.evaluate(() =>
-    [
-      ...document.querySelectorAll(
-        '.monaco-editor .ghost-text-decoration, .monaco-editor .ghost-text-decoration-preview, .monaco-editor .ghost-text',
-      ),
-    ]
-      .map((el) => el.textContent)
-      .join('\n'),
+  return page.evaluate(
+    (ghostSelector) => [...document.querySelectorAll(ghostSelector)].map((el) => el.textContent).join('\n'),
+    GHOST_SELECTOR,
   );
 }
 
@@ -200,8 +211,16 @@ async function main() {
   t = lap('ghost text', t);
 
   // 3. Tab accepts it; the saved file is what the CLI oracle predicted.
+  // Accepted text becomes real text in the editor. (Do not wait for the ghost text to vanish: VS Code
+  // may ask again right after the edit, and the next suggestion shows at once.)
   await page.keyboard.press('Tab');
-  await waitFor('the ghost text to be accepted', async () => (await ghostText()).trim() === '', { timeout: 10000 });
+  const firstGhostLine = ghost.split('\n')[0];
+  await waitFor('the ghost text to be accepted into the editor', async () =>
+    (await committedLines()).some((line) => line.includes(firstGhostLine)), { timeout: 10000 },
+  ).catch(async (error) => {
+    log(`ghost text now: ${show(await ghostText())}; editor lines: ${show(await committedLines())}`);
+    throw error;
+  });
   await save('accepting');
   const accepted = await waitFor('the file on disk to hold the accepted suggestion', () => {
     const text = readFile();
