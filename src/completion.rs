@@ -67,6 +67,9 @@ pub enum Outcome {
     Nothing,
     /// A newer request for the same document took over.
     Superseded,
+    /// The remote backend failed (down, slow, an HTTP error, a broken answer): nothing to
+    /// suggest, and the reason for the user.
+    BackendFailed(String),
 }
 
 /// How the answer was found, for logs and tests.
@@ -153,6 +156,11 @@ impl Completer {
         let Some(model) = host.ready(deadline).await else {
             return Ok((Outcome::Nothing, None));
         };
+        // The model's context (for a remote backend, the server's) bounds the prompt.
+        let settings = &Settings {
+            context_tokens: settings.context_tokens.min(model.context_tokens),
+            ..settings.clone()
+        };
         // A model that cannot infill was reported once, when it loaded; every keystroke erroring
         // again would only be noise.
         let Ok(template) = model.template.clone() else {
@@ -182,7 +190,15 @@ impl Completer {
             },
             supersede_key: Some(request.uri.clone()),
         });
-        let result = job.finish().await?;
+        let result = match job.finish().await {
+            Ok(result) => result,
+            // A server's trouble is not this request's error: the editor gets an empty answer
+            // and the user one message about it (see `lsp::server`).
+            Err(problem) if model.engine.is_remote() => {
+                return Ok((Outcome::BackendFailed(problem), Some(Source::Model)));
+            }
+            Err(problem) => return Err(problem),
+        };
         if result.stopped_by == Some(StopCause::Superseded) {
             return Ok((Outcome::Superseded, Some(Source::Model)));
         }

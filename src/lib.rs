@@ -16,6 +16,7 @@ pub mod model;
 pub mod model_host;
 pub mod postprocess;
 pub mod prompt;
+pub mod remote;
 pub mod session;
 pub mod settings;
 pub mod store;

@@ -12,11 +12,24 @@ use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{DeviceSpec, LoadedModel};
+use crate::model::{DeviceSpec, LoadedModel, Vocabulary};
 use crate::prompt::{ChatTemplate, FimTemplate};
+use crate::remote::{self, BackendChoice, RemoteSpec};
 
-/// Loads a model and starts its engine, on a blocking thread.
-async fn build(path: PathBuf, device: DeviceSpec, context: usize) -> Result<ReadyModel, String> {
+/// Loads a model and starts its engine, on a blocking thread; for a remote backend, reads the
+/// vocabulary and connects instead.
+async fn build(key: LoadKey) -> Result<ReadyModel, String> {
+    match key.backend {
+        BackendChoice::Local => build_local(key.path, key.device, key.context).await,
+        BackendChoice::Remote(spec) => connect(spec, key.path, key.context).await,
+    }
+}
+
+async fn build_local(
+    path: PathBuf,
+    device: DeviceSpec,
+    context: usize,
+) -> Result<ReadyModel, String> {
     tokio::task::spawn_blocking(move || -> Result<ReadyModel, String> {
         let device = device.open().map_err(|e| e.to_string())?;
         let model = LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
@@ -34,10 +47,60 @@ async fn build(path: PathBuf, device: DeviceSpec, context: usize) -> Result<Read
             template,
             chat,
             context_tokens,
+            warning: None,
         })
     })
     .await
     .unwrap_or_else(|_| Err("the model loader crashed (see the log)".into()))
+}
+
+/// A model on an inference server: its vocabulary is read from `vocabulary_file` (the GGUF the
+/// server runs, or one with the same vocabulary), and the server is asked what it runs. A server
+/// that cannot be asked yet is a warning, not a failure: every request tries it again.
+async fn connect(
+    mut spec: RemoteSpec,
+    vocabulary_file: PathBuf,
+    context: usize,
+) -> Result<ReadyModel, String> {
+    let file = vocabulary_file.clone();
+    let vocabulary = tokio::task::spawn_blocking(move || Vocabulary::read(&file))
+        .await
+        .map_err(|_| "reading the vocabulary crashed (see the log)".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let mut warning = None;
+    let facts = match remote::probe(&spec).await {
+        Ok(facts) => facts,
+        Err(problem) => {
+            warning = Some(format!(
+                "the server does not answer yet ({problem}); completions will try it again"
+            ));
+            remote::ServerFacts::default()
+        }
+    };
+    if spec.model.is_none() {
+        spec.model = facts.model_name.clone();
+    }
+    if warning.is_none() {
+        warning =
+            remote::vocabulary_mismatch(&spec, &facts, &vocabulary_file, &vocabulary.tokenizer)
+                .await;
+    }
+    let template = FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name);
+    let chat = ChatTemplate::detect(&vocabulary.tokenizer);
+    let name = format!("{} via {spec}", vocabulary.name);
+    let tokenizer = vocabulary.tokenizer.clone();
+    let engine = Engine::remote(spec, vocabulary.tokenizer, vocabulary.stop_tokens)?;
+    Ok(ReadyModel {
+        name,
+        path: vocabulary_file,
+        engine,
+        tokenizer,
+        template,
+        chat,
+        // The server's own context bounds ours.
+        context_tokens: facts.context.map_or(context, |n| n.min(context)),
+        warning,
+    })
 }
 
 /// What a request needs from a loaded model, besides the engine that runs it.
@@ -53,6 +116,9 @@ pub struct ReadyModel {
     pub chat: ChatTemplate,
     /// Positions the KV cache holds: the prompt and the answer must fit in them together.
     pub context_tokens: usize,
+    /// Something the user should know although the model works (e.g. a remote server that does
+    /// not answer yet).
+    pub warning: Option<String>,
 }
 
 #[derive(Clone)]
@@ -66,9 +132,11 @@ pub enum ModelState {
 /// What identifies a load: the same file, device and context need no reload.
 #[derive(Clone, Debug, PartialEq)]
 struct LoadKey {
+    /// The model file; for a remote backend, the file whose vocabulary the server's model uses.
     path: PathBuf,
     device: DeviceSpec,
     context: usize,
+    backend: BackendChoice,
 }
 
 pub struct ModelHost {
@@ -106,21 +174,23 @@ impl ModelHost {
         path: PathBuf,
         device: DeviceSpec,
         context: usize,
+        backend: &BackendChoice,
     ) -> Option<Result<String, String>> {
         let key = LoadKey {
             path: path.clone(),
             device,
             context,
+            backend: backend.clone(),
         };
         {
             let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
             if current.as_ref() == Some(&key) && !matches!(self.state(), ModelState::Failed(_)) {
                 return None;
             }
-            *current = Some(key);
+            *current = Some(key.clone());
         }
-        self.state.send_replace(ModelState::Loading(path.clone()));
-        let loaded = build(path, device, context).await;
+        self.state.send_replace(ModelState::Loading(path));
+        let loaded = build(key).await;
         let outcome = loaded
             .as_ref()
             .map(|model| model.name.clone())
@@ -142,7 +212,7 @@ impl ModelHost {
             .unwrap_or_else(|p| p.into_inner())
             .clone()
             .ok_or("no model is loaded")?;
-        let model = build(key.path.clone(), key.device, key.context).await?;
+        let model = build(key.clone()).await?;
         let name = model.name.clone();
         // A newer configuration may have been chosen meanwhile: then this reload is stale.
         let still_current = self

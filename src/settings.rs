@@ -9,6 +9,7 @@ use serde::Deserialize;
 
 use crate::model::DeviceSpec;
 use crate::prompt::FimOrder;
+use crate::remote::{BackendChoice, BackendLayer};
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Settings {
@@ -28,6 +29,11 @@ pub struct Settings {
     pub deadline_ms: u64,
     /// Put chunks of other files similar to the code at the cursor in completion prompts.
     pub workspace_context: bool,
+    /// Where the model runs: here, or on an inference server.
+    pub backend: BackendChoice,
+    /// With a remote backend: the GGUF file (path or hub spec) whose vocabulary the server's
+    /// model uses, when `model` does not name it and the server cannot say.
+    pub tokenizer: Option<String>,
 }
 
 impl Default for Settings {
@@ -43,6 +49,8 @@ impl Default for Settings {
             // Generous for CPUs; a GPU finishes well before it.
             deadline_ms: 3000,
             workspace_context: true,
+            backend: BackendChoice::Local,
+            tokenizer: None,
         }
     }
 }
@@ -60,6 +68,8 @@ pub struct SettingsLayer {
     pub prefix_share: Option<f32>,
     pub deadline_ms: Option<u64>,
     pub workspace_context: Option<bool>,
+    pub backend: Option<BackendLayer>,
+    pub tokenizer: Option<String>,
 }
 
 impl SettingsLayer {
@@ -107,6 +117,12 @@ impl Settings {
         }
         if let Some(deadline) = layer.deadline_ms {
             next.deadline_ms = deadline;
+        }
+        if let Some(backend) = &layer.backend {
+            next.backend = backend.resolve()?;
+        }
+        if let Some(tokenizer) = &layer.tokenizer {
+            next.tokenizer = (!tokenizer.trim().is_empty()).then(|| tokenizer.trim().to_owned());
         }
         next.validate()?;
         *self = next;
@@ -206,5 +222,35 @@ mod tests {
             Ok(SettingsLayer::default())
         );
         assert!(SettingsLayer::from_json(&json!([1])).is_err());
+    }
+
+    #[test]
+    fn a_backend_is_local_by_default_and_checked_when_set() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.backend, BackendChoice::Local);
+        let remote = SettingsLayer::from_json(&json!({
+            "backend": {"url": "http://gpu:8080", "kind": "llama-server"},
+            "tokenizer": "/models/codellama-7b.Q4_K_M.gguf"
+        }))
+        .unwrap();
+        settings.apply(&remote).unwrap();
+        assert_eq!(
+            settings.backend.remote().map(|r| r.url.as_str()),
+            Some("http://gpu:8080")
+        );
+        assert_eq!(
+            settings.tokenizer.as_deref(),
+            Some("/models/codellama-7b.Q4_K_M.gguf")
+        );
+        let bad = SettingsLayer::from_json(&json!({"backend": "tgi:http://x"})).unwrap();
+        assert!(
+            settings
+                .apply(&bad)
+                .unwrap_err()
+                .contains("unknown backend kind")
+        );
+        let back = SettingsLayer::from_json(&json!({"backend": "local"})).unwrap();
+        settings.apply(&back).unwrap();
+        assert_eq!(settings.backend, BackendChoice::Local);
     }
 }

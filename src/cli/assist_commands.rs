@@ -3,7 +3,6 @@
 //! columns count characters.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
@@ -14,7 +13,6 @@ use crate::actions::Language;
 use crate::actions::edit::unified_diff;
 use crate::assist::{self, ModelGenerator, Replacement};
 use crate::model::DeviceSpec;
-use crate::model_host::ModelHost;
 use crate::settings::Settings;
 
 /// What both commands need to run a model.
@@ -23,9 +21,11 @@ pub struct ModelArgs {
     /// A GGUF model: Code Llama 7B/13B (Instruct is best for edits), or any llama-architecture
     /// chat model.
     #[arg(long, value_name = "PATH|SPEC")]
-    model: super::models::ModelRef,
+    model: Option<super::models::ModelRef>,
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    #[command(flatten)]
+    backend: super::backend::BackendArgs,
     /// 0 is greedy (deterministic).
     #[arg(long, default_value_t = 0.0, value_name = "T")]
     temperature: f32,
@@ -96,7 +96,7 @@ pub fn docstring(args: &DocstringArgs) -> Result<()> {
     // Say what is wrong with the request before spending seconds on loading the model.
     assist::docstring_target(language, &source, offset)?;
     let generator = start_model(&args.model)?;
-    let runtime = runtime()?;
+    let runtime = super::backend::runtime()?;
     let docstring = runtime.block_on(assist::docstring(
         &generator,
         language,
@@ -139,7 +139,7 @@ pub fn edit(args: &EditArgs) -> Result<()> {
     let rope = Rope::from_str(&source);
     let selection = parse_range(&rope, &args.range)?;
     let generator = start_model(&args.model)?;
-    let runtime = runtime()?;
+    let runtime = super::backend::runtime()?;
     let file_name = args
         .file
         .file_name()
@@ -199,24 +199,14 @@ fn language_of(file: &Path, id: Option<&str>) -> Result<Language> {
 }
 
 fn start_model(args: &ModelArgs) -> Result<ModelGenerator> {
-    let path = args.model.path()?;
-    let host = Arc::new(ModelHost::new());
-    let outcome = runtime()?.block_on(host.load(path.clone(), args.device, args.context_tokens));
-    if let Some(Err(error)) = outcome {
-        bail!("cannot load {}: {error}", path.display());
-    }
+    let backend = args.backend.choice()?;
+    let path = super::backend::model_file(args.model.as_ref(), &backend)?;
+    let (host, _) = super::backend::start(path, args.device, args.context_tokens, &backend)?;
     Ok(ModelGenerator::new(
         host,
         args.temperature,
         args.context_tokens,
     ))
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
 }
 
 /// Prints the result, its diff, or writes it into the file.

@@ -9,10 +9,10 @@ use serde_json::json;
 
 use crate::completion::finish_text;
 use crate::document::Document;
+use crate::engine::JobRequest;
 use crate::model::generate::{GenerationRequest, generate};
-use crate::model::gguf::GgufFile;
 use crate::model::sampling::SamplingParams;
-use crate::model::{DeviceSpec, LoadedModel, tokenizer_for};
+use crate::model::{DeviceSpec, LoadedModel, Vocabulary};
 use crate::prompt::{self, FimOrder, FimTemplate, WindowConfig};
 use crate::settings::Settings;
 
@@ -21,9 +21,12 @@ const MARKER: &str = "<FILL_ME>";
 
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// A GGUF model with infilling tokens (Code Llama 7B/13B, base or Instruct).
+    /// A GGUF model with infilling tokens (Code Llama 7B/13B, base or Instruct). With --backend,
+    /// the file the server runs (only its vocabulary is read).
     #[arg(long, value_name = "PATH|SPEC")]
-    model: super::models::ModelRef,
+    model: Option<super::models::ModelRef>,
+    #[command(flatten)]
+    backend: super::backend::BackendArgs,
     /// The file to complete in (with --line and --character).
     #[arg(required_unless_present = "stdin", conflicts_with = "stdin")]
     file: Option<PathBuf>,
@@ -88,29 +91,39 @@ fn document_and_cursor(args: &CompleteArgs) -> Result<(Document, usize)> {
 }
 
 pub fn run(args: &CompleteArgs) -> Result<()> {
+    let (document, cursor) = document_and_cursor(args)?;
+    let backend = args.backend.choice()?;
+    let model_path = super::backend::model_file(args.model.as_ref(), &backend)?;
+    // A server is asked first: its context bounds the prompt.
+    let server = match backend.remote() {
+        Some(_) if !args.show_prompt => Some(
+            super::backend::start(
+                model_path.clone(),
+                args.device,
+                args.context_tokens,
+                &backend,
+            )?
+            .1,
+        ),
+        _ => None,
+    };
     let settings = Settings {
         max_tokens: args.max_tokens,
-        context_tokens: args.context_tokens,
+        context_tokens: server.as_ref().map_or(args.context_tokens, |s| {
+            s.context_tokens.min(args.context_tokens)
+        }),
         ..Settings::default()
     };
-    let (document, cursor) = document_and_cursor(args)?;
-    let model_path = args.model.path()?;
-    let gguf = GgufFile::read(&model_path)?;
-    let tokenizer = tokenizer_for(&gguf)?;
-    let name = gguf
-        .metadata
-        .opt_str("general.name")
-        .ok()
-        .flatten()
-        .unwrap_or("the model");
-    let template = FimTemplate::detect(&tokenizer, name).map_err(anyhow::Error::msg)?;
+    let vocabulary = Vocabulary::read(&model_path)?;
+    let template =
+        FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name).map_err(anyhow::Error::msg)?;
     let window = WindowConfig {
         budget_tokens: settings.prompt_budget(),
         prefix_share: settings.prefix_share,
         ..WindowConfig::default()
     };
     let built = prompt::infill(
-        &tokenizer,
+        &vocabulary.tokenizer,
         &template,
         document.rope(),
         cursor,
@@ -121,13 +134,6 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         println!("{}", serde_json::to_string(&built.ids)?);
         return Ok(());
     }
-    let device = args.device.open()?;
-    let model = LoadedModel::load(
-        &model_path,
-        &device,
-        Some(built.ids.len() + args.max_tokens),
-    )?;
-    let mut cache = model.llama.new_cache()?;
     let request = GenerationRequest {
         prompt: built.ids.clone(),
         max_new_tokens: args.max_tokens,
@@ -137,7 +143,27 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         },
         ..GenerationRequest::default()
     };
-    let generation = generate(&model, &mut cache, &request, &|| false, &mut |_| {})?;
+    let generation = match server {
+        Some(server) => {
+            let job = server.engine.submit(JobRequest {
+                generation: request,
+                supersede_key: None,
+            });
+            job.finish_blocking()
+                .map_err(anyhow::Error::msg)?
+                .generation
+        }
+        None => {
+            let device = args.device.open()?;
+            let model = LoadedModel::load(
+                &model_path,
+                &device,
+                Some(built.ids.len() + args.max_tokens),
+            )?;
+            let mut cache = model.llama.new_cache()?;
+            generate(&model, &mut cache, &request, &|| false, &mut |_| {})?
+        }
+    };
     let text = finish_text(
         document.rope(),
         cursor,
@@ -148,6 +174,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         let report = json!({
             "text": text.clone().unwrap_or_default(),
             "raw": generation.text,
+            "ids": generation.ids,
             "prompt_ids": built.ids,
             "finish": generation.finish,
             "timings": {"prefill_ms": generation.prefill_ms, "decode_ms": generation.decode_ms},

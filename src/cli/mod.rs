@@ -13,6 +13,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 
 mod assist_commands;
+mod backend;
 mod complete;
 mod model_commands;
 mod models;
@@ -24,6 +25,9 @@ Examples:
   codellama-lsp serve --stdio        The same, spelled out
   printf 'def add(a, b):\n    <FILL_ME>\n' | codellama-lsp complete --model model.gguf --stdin
   codellama-lsp complete --model model.gguf src/main.py --line 10 --character 4 --json
+  codellama-lsp --backend http://gpu-box:8080
+                                     Serve completions from a team's llama-server
+  codellama-lsp complete --backend vllm:http://gpu-box:8000 --model model.gguf --stdin < hole.py
   codellama-lsp docstring --model model.gguf src/shapes.py --line 12 --diff
   codellama-lsp edit --model model.gguf src/shapes.py --range 12:1-20:1 \
       --instruction 'add type hints' --in-place
@@ -93,6 +97,9 @@ pub struct ServeArgs {
     /// overrides it).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<crate::model::DeviceSpec>,
+    /// Where the model runs (the editor's "backend" setting overrides it).
+    #[command(flatten)]
+    pub backend: backend::BackendArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -122,10 +129,13 @@ pub fn main() -> i32 {
     // The server's options (`codellama-lsp --model M`) belong to serving; with a subcommand they
     // are a mistake. (clap's `args_conflicts_with_subcommands` would also reject the global
     // `--log-level` before a subcommand, so this is checked here.)
-    let serve_options = cli.serve.stdio || cli.serve.model.is_some() || cli.serve.device.is_some();
+    let serve_options = cli.serve.stdio
+        || cli.serve.model.is_some()
+        || cli.serve.device.is_some()
+        || cli.serve.backend.backend.is_some();
     if serve_options && !matches!(cli.command, None | Some(Command::Serve(_))) {
         eprintln!(
-            "codellama-lsp: error: --stdio, --model and --device before a subcommand are options of the server; put them after the subcommand"
+            "codellama-lsp: error: --stdio, --model, --device and --backend before a subcommand are options of the server; put them after the subcommand"
         );
         return 2;
     }
@@ -191,6 +201,13 @@ fn run_serve(client_log: ClientLogReceiver, args: &ServeArgs) -> i32 {
     }
     if let Some(device) = args.device {
         settings.device = device;
+    }
+    match args.backend.choice() {
+        Ok(backend) => settings.backend = backend,
+        Err(error) => {
+            eprintln!("codellama-lsp: error: {error}");
+            return 2;
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -5,6 +5,9 @@
 //! [`JobHandle`] whose events arrive on a tokio channel. A job stops within one token when its
 //! handle is cancelled or dropped (an LSP request cancelled by the client drops its future), or when
 //! a newer job with the same supersede key (e.g. the same document) is submitted.
+//!
+//! The same handle fronts a remote backend ([`Engine::remote`]): jobs then go to an inference
+//! server over HTTP (see `crate::remote`), with the same events, stop causes and supersession.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -15,7 +18,9 @@ use std::thread;
 use tokio::sync::mpsc as async_mpsc;
 
 use crate::model::generate::{FinishReason, Generation, GenerationRequest, generate};
+use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, LoadedModel, ModelError};
+use crate::remote::RemoteSpec;
 
 const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
@@ -88,16 +93,54 @@ impl Drop for JobHandle {
     }
 }
 
-struct Job {
-    request: GenerationRequest,
+/// A submitted job, as the worker (local or remote) sees it.
+pub(crate) struct Job {
+    pub(crate) request: GenerationRequest,
     control: Arc<AtomicU8>,
-    events: async_mpsc::UnboundedSender<JobEvent>,
+    pub(crate) events: async_mpsc::UnboundedSender<JobEvent>,
+}
+
+impl Job {
+    /// Why the job should stop now, if it should (its handle was dropped or cancelled, or a newer
+    /// job superseded it).
+    pub(crate) fn stop_cause(&self) -> Option<StopCause> {
+        stop_cause(&self.control)
+    }
+
+    /// For a job stopped before it started: its result, which costs nothing.
+    pub(crate) fn stopped_before_start(&self) -> Option<JobResult> {
+        let cause = self.stop_cause()?;
+        let generation = Generation {
+            ids: Vec::new(),
+            text: String::new(),
+            finish: FinishReason::Stopped,
+            prompt_tokens: self.request.prompt.len(),
+            reused_tokens: 0,
+            prefill_ms: 0.0,
+            decode_ms: 0.0,
+        };
+        Some(JobResult {
+            generation,
+            stopped_by: Some(cause),
+        })
+    }
+
+    pub(crate) fn finish(&self, result: Result<JobResult, String>) {
+        let _ = self.events.send(JobEvent::Finished(result));
+    }
+}
+
+/// Where jobs go: the local worker thread, or the remote backend's.
+#[derive(Clone)]
+enum Queue {
+    Local(mpsc::Sender<Job>),
+    Remote(async_mpsc::UnboundedSender<Job>),
 }
 
 /// A cheap, cloneable handle to the worker thread.
 #[derive(Clone)]
 pub struct Engine {
-    jobs: mpsc::Sender<Job>,
+    jobs: Queue,
     latest_by_key: Arc<Mutex<HashMap<String, Arc<AtomicU8>>>>,
 }
 
@@ -114,9 +157,28 @@ impl Engine {
                 source,
             })?;
         Ok(Self {
-            jobs,
+            jobs: Queue::Local(jobs),
             latest_by_key: Arc::default(),
         })
+    }
+
+    /// An engine whose jobs run on an inference server. `tokenizer` and `stop_tokens` are those
+    /// of the vocabulary the server's model uses (the answer's ids are decoded here).
+    pub fn remote(
+        spec: RemoteSpec,
+        tokenizer: Tokenizer,
+        stop_tokens: Vec<u32>,
+    ) -> Result<Self, String> {
+        let jobs = crate::remote::start_worker(spec, tokenizer, stop_tokens)?;
+        Ok(Self {
+            jobs: Queue::Remote(jobs),
+            latest_by_key: Arc::default(),
+        })
+    }
+
+    /// Whether jobs run on an inference server (whose failures are the server's, not the job's).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.jobs, Queue::Remote(_))
     }
 
     pub fn submit(&self, request: JobRequest) -> JobHandle {
@@ -138,10 +200,12 @@ impl Engine {
             control: control.clone(),
             events,
         };
-        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
-            let _ = job
-                .events
-                .send(JobEvent::Finished(Err("the engine has stopped".into())));
+        let refused = match &self.jobs {
+            Queue::Local(jobs) => jobs.send(job).err().map(|error| error.0),
+            Queue::Remote(jobs) => jobs.send(job).err().map(|error| error.0),
+        };
+        if let Some(job) = refused {
+            job.finish(Err("the engine has stopped".into()));
         }
         JobHandle {
             control,
@@ -161,21 +225,8 @@ fn stop_cause(control: &AtomicU8) -> Option<StopCause> {
 fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
     while let Ok(job) = queue.recv() {
         // A job stopped while it waited in the queue costs nothing.
-        if let Some(cause) = stop_cause(&job.control) {
-            let generation = Generation {
-                ids: Vec::new(),
-                text: String::new(),
-                finish: FinishReason::Stopped,
-                prompt_tokens: job.request.prompt.len(),
-                reused_tokens: 0,
-                prefill_ms: 0.0,
-                decode_ms: 0.0,
-            };
-            let result = JobResult {
-                generation,
-                stopped_by: Some(cause),
-            };
-            let _ = job.events.send(JobEvent::Finished(Ok(result)));
+        if let Some(result) = job.stopped_before_start() {
+            job.finish(Ok(result));
             continue;
         }
         let should_stop = || job.control.load(Ordering::SeqCst) != RUNNING;
@@ -200,6 +251,6 @@ fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
                 Err("internal error in the engine (see the log)".into())
             }
         };
-        let _ = job.events.send(JobEvent::Finished(result));
+        job.finish(result);
     }
 }

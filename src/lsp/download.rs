@@ -12,6 +12,8 @@ use tower_lsp_server::{Bounded, NotCancellable, OngoingProgress};
 
 use super::server::Backend;
 use super::status::Download;
+use crate::remote::{self, RemoteKind, RemoteSpec};
+use crate::settings::Settings;
 use crate::store::{DownloadProgress, ModelSpec, Store};
 
 /// Latest byte counts, for the reporting loop.
@@ -122,6 +124,44 @@ impl Backend {
                 None
             }
         }
+    }
+
+    /// With a remote backend: the local GGUF file whose vocabulary the server's model uses — the
+    /// `tokenizer` setting, else the `model` setting, else (llama-server) the file the server
+    /// says it runs, when this machine can read it. `None` after telling the user what to set.
+    pub(super) async fn vocabulary_file(
+        &self,
+        settings: &Settings,
+        server: &RemoteSpec,
+    ) -> Option<PathBuf> {
+        if let Some(configured) = settings.tokenizer.as_deref().or(settings.model.as_deref()) {
+            return self.model_file(Some(configured)).await;
+        }
+        let told = if server.kind == RemoteKind::LlamaServer {
+            match remote::probe(server).await {
+                Ok(facts) => match facts.model_path.map(PathBuf::from) {
+                    Some(path) if path.is_file() => return Some(path),
+                    Some(path) => format!(
+                        "the server runs {}, which is not on this machine",
+                        path.display()
+                    ),
+                    None => "the server does not say which model file it runs".into(),
+                },
+                Err(problem) => {
+                    format!("the server {server} cannot be asked which model it runs: {problem}")
+                }
+            }
+        } else {
+            format!(
+                "{} servers do not share their vocabulary",
+                server.kind.name()
+            )
+        };
+        self.model_unavailable(format!(
+            "{told}. Prompts are built here, so codellama-lsp needs the model's vocabulary: set \"tokenizer\" to a copy of the GGUF file the server runs (a path or owner/repo:file.gguf; only its vocabulary is read)"
+        ))
+        .await;
+        None
     }
 
     async fn begin_download_progress(

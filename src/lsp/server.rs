@@ -42,6 +42,8 @@ pub struct Backend {
     startup_warning: std::sync::Mutex<Option<String>>,
     /// The model download in progress, if any (for `codellama/status`).
     pub(super) download: super::status::DownloadSender,
+    /// Limits messages about a failing remote backend.
+    backend_trouble: crate::remote::OncePer,
 }
 
 /// A suggestion at a cursor, in the negotiated encoding.
@@ -67,6 +69,7 @@ impl Backend {
             workspace_watcher: Arc::default(),
             startup_warning: std::sync::Mutex::default(),
             download: tokio::sync::watch::Sender::new(None),
+            backend_trouble: crate::remote::OncePer::new(std::time::Duration::from_secs(60)),
         }
     }
 
@@ -126,6 +129,10 @@ impl Backend {
                 word_start,
             })),
             Ok((Outcome::Nothing | Outcome::Superseded, _)) => Ok(None),
+            Ok((Outcome::BackendFailed(problem), _)) => {
+                self.backend_failed(&problem).await;
+                Ok(None)
+            }
             Err(message) => {
                 tracing::warn!("completion failed: {message}");
                 Err(Error {
@@ -134,6 +141,20 @@ impl Backend {
                     data: None,
                 })
             }
+        }
+    }
+
+    /// Tells the user that the remote backend failed: every time in the log, at most once a
+    /// minute on screen (a dead server would otherwise pop up a message per keystroke).
+    async fn backend_failed(&self, problem: &str) {
+        tracing::warn!("completion: {problem}");
+        if self.backend_trouble.allow(std::time::Instant::now()) {
+            self.client
+                .show_message(
+                    MessageType::WARNING,
+                    format!("codellama-lsp: no completion: {problem}"),
+                )
+                .await;
         }
     }
 
@@ -173,7 +194,11 @@ impl Backend {
 
     /// Loads the configured model if it changed, reporting progress and the outcome.
     async fn load_configured_model(&self, settings: Settings) {
-        let Some(path) = self.model_file(settings.model.as_deref()).await else {
+        let file = match settings.backend.remote() {
+            None => self.model_file(settings.model.as_deref()).await,
+            Some(server) => self.vocabulary_file(&settings, server).await,
+        };
+        let Some(path) = file else {
             return;
         };
         let model = path.display().to_string();
@@ -194,7 +219,12 @@ impl Backend {
         };
         let outcome = self
             .host
-            .load(path.clone(), settings.device, settings.context_tokens)
+            .load(
+                path.clone(),
+                settings.device,
+                settings.context_tokens,
+                &settings.backend,
+            )
             .await;
         if matches!(outcome, Some(Ok(_))) {
             self.watch_model_file(&path);
@@ -206,7 +236,17 @@ impl Backend {
             None => {}
             Some(Ok(name)) => {
                 let note = match self.host.state() {
-                    ModelState::Ready(ready) => ready.template.as_ref().err().cloned(),
+                    ModelState::Ready(ready) => {
+                        let problems: Vec<String> = ready
+                            .template
+                            .as_ref()
+                            .err()
+                            .into_iter()
+                            .chain(&ready.warning)
+                            .cloned()
+                            .collect();
+                        (!problems.is_empty()).then(|| problems.join("; "))
+                    }
                     _ => None,
                 };
                 let (kind, message) = match note {

@@ -118,14 +118,7 @@ pub fn generate(
     let mut sampler = Sampler::new(request.sampling.clone());
     let mut decoder = model.tokenizer.stream_decoder();
     let mut history = prompt.clone();
-    let hold_back = request
-        .stop_strings
-        .iter()
-        .map(String::len)
-        .max()
-        .unwrap_or(1)
-        .saturating_sub(1);
-    let mut emitted = 0;
+    let mut output = OutputText::new(&request.stop_strings);
     let finish = loop {
         if generation.ids.len() >= request.max_new_tokens {
             break FinishReason::MaxTokens;
@@ -143,18 +136,8 @@ pub fn generate(
         }
         generation.ids.push(token);
         history.push(token);
-        generation.text.push_str(&decoder.push(token));
-        if let Some(cut) = find_stop(&generation.text, &request.stop_strings, emitted) {
-            generation.text.truncate(cut);
+        if output.push(&decoder.push(token), on_text) {
             break FinishReason::StopString;
-        }
-        let safe = floor_char_boundary(
-            &generation.text,
-            generation.text.len().saturating_sub(hold_back),
-        );
-        if safe > emitted {
-            on_text(&generation.text[emitted..safe]);
-            emitted = safe;
         }
         if generation.ids.len() >= request.max_new_tokens {
             break FinishReason::MaxTokens;
@@ -167,18 +150,74 @@ pub fn generate(
         }
         logits = Some(model.llama.forward(&[token], cache, false)?);
     };
-    if finish != FinishReason::StopString {
-        generation.text.push_str(&decoder.finish());
-        if let Some(cut) = find_stop(&generation.text, &request.stop_strings, emitted) {
-            generation.text.truncate(cut);
-        }
-    }
-    if generation.text.len() > emitted {
-        on_text(&generation.text[emitted..]);
-    }
+    let tail = if finish == FinishReason::StopString {
+        String::new()
+    } else {
+        decoder.finish()
+    };
+    generation.text = output.finish(&tail, on_text);
     generation.finish = finish;
     generation.decode_ms = millis(prefill_end.elapsed());
     Ok(generation)
+}
+
+/// Generated text as it grows: cut at the first stop string, and released to `on_text` only
+/// once no stop string can still begin in it (and never inside a character). Local and remote
+/// generations share it, so both stop and stream alike.
+pub struct OutputText<'s> {
+    text: String,
+    emitted: usize,
+    hold_back: usize,
+    stops: &'s [String],
+    stopped: bool,
+}
+
+impl<'s> OutputText<'s> {
+    pub fn new(stops: &'s [String]) -> Self {
+        let hold_back = stops.iter().map(String::len).max().unwrap_or(1);
+        Self {
+            text: String::new(),
+            emitted: 0,
+            hold_back: hold_back.saturating_sub(1),
+            stops,
+            stopped: false,
+        }
+    }
+
+    /// Adds `piece`; returns true when a stop string was found (the text ends before it, and
+    /// later pieces are ignored).
+    pub fn push(&mut self, piece: &str, on_text: &mut dyn FnMut(&str)) -> bool {
+        if self.stopped {
+            return true;
+        }
+        self.text.push_str(piece);
+        if let Some(cut) = find_stop(&self.text, self.stops, self.emitted) {
+            self.text.truncate(cut);
+            self.stopped = true;
+            return true;
+        }
+        let safe = floor_char_boundary(&self.text, self.text.len().saturating_sub(self.hold_back));
+        if safe > self.emitted {
+            on_text(&self.text[self.emitted..safe]);
+            self.emitted = safe;
+        }
+        false
+    }
+
+    /// Adds the last `tail` (text a decoder held back), releases everything and returns the
+    /// whole text.
+    pub fn finish(mut self, tail: &str, on_text: &mut dyn FnMut(&str)) -> String {
+        if !self.stopped {
+            self.text.push_str(tail);
+            if let Some(cut) = find_stop(&self.text, self.stops, self.emitted) {
+                self.text.truncate(cut);
+            }
+        }
+        if self.text.len() > self.emitted {
+            on_text(&self.text[self.emitted..]);
+        }
+        self.text
+    }
 }
 
 /// The byte offset of the earliest stop string that ends after `from` (text before `from` was

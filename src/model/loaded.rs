@@ -30,17 +30,48 @@ impl LoadedModel {
         max_positions: Option<usize>,
     ) -> Result<Self, ModelError> {
         let (llama, gguf) = Llama::load(path, device, max_positions)?;
-        let tokenizer = tokenizer_for(&gguf)?;
-        if tokenizer.vocab_size() != llama.config().vocab_size {
+        let vocabulary = Vocabulary::from_gguf(&gguf, path)?;
+        if vocabulary.tokenizer.vocab_size() != llama.config().vocab_size {
             return Err(ModelError::Invalid {
                 file: gguf.file_name().to_owned(),
                 problem: format!(
                     "the tokenizer has {} tokens but the embeddings have {} rows",
-                    tokenizer.vocab_size(),
+                    vocabulary.tokenizer.vocab_size(),
                     llama.config().vocab_size
                 ),
             });
         }
+        Ok(Self {
+            path: path.to_owned(),
+            name: vocabulary.name,
+            llama,
+            tokenizer: vocabulary.tokenizer,
+            fim: vocabulary.fim,
+            stop_tokens: vocabulary.stop_tokens,
+        })
+    }
+}
+
+/// What a GGUF file says about text, without its weights: enough to build prompts and to read
+/// answers. The remote backend needs only this from the file its server runs.
+pub struct Vocabulary {
+    /// `general.name`, or the file name.
+    pub name: String,
+    pub tokenizer: Tokenizer,
+    pub fim: Option<FimTokens>,
+    /// End-of-sequence and end-of-text ids (for infilling models, the FIM end-of-text too).
+    pub stop_tokens: Vec<u32>,
+}
+
+impl Vocabulary {
+    /// Reads only the metadata of `path` (no tensor data).
+    pub fn read(path: &Path) -> Result<Self, ModelError> {
+        let gguf = GgufFile::read(path)?;
+        Self::from_gguf(&gguf, path)
+    }
+
+    pub fn from_gguf(gguf: &GgufFile, path: &Path) -> Result<Self, ModelError> {
+        let tokenizer = tokenizer_for(gguf)?;
         let fim = tokenizer.fim_tokens();
         let mut stop_tokens: Vec<u32> = tokenizer.eos_id().into_iter().collect();
         let eot = gguf
@@ -64,9 +95,7 @@ impl LoadedModel {
                     .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
             });
         Ok(Self {
-            path: path.to_owned(),
             name,
-            llama,
             tokenizer,
             fim,
             stop_tokens,

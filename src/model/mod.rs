@@ -18,7 +18,7 @@ pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use kv_cache::KvCache;
 pub use llama::{DEFAULT_CONTEXT, Llama};
-pub use loaded::{LoadedModel, tokenizer_for};
+pub use loaded::{LoadedModel, Vocabulary, tokenizer_for};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub mod fake_hub;
+pub mod fake_openai;
+pub mod llama_server;
 
 /// How long any single wait may take before the test fails with the server's stderr.
 pub const TIMEOUT: Duration = Duration::from_secs(60);

@@ -176,6 +176,38 @@ impl Tokenizer {
         }
     }
 
+    /// Whether `id` is a control token (BOS, EOS, infilling and chat markers), which text never
+    /// produces.
+    pub fn is_control(&self, id: u32) -> bool {
+        match &self.kind {
+            Kind::Spm(t) => t.token_type(id) == Some(TokenType::Control),
+            Kind::Bpe(t) => t.token_type(id) == Some(bpe::TokenType::Control),
+        }
+    }
+
+    /// A prompt as text, for servers that tokenize it themselves: control tokens spelled as their
+    /// pieces (`<PRE>`, `<|fim_prefix|>`), the rest decoded, a leading BOS left out (such servers
+    /// add their own). Lossy by nature; servers that take ids get the ids.
+    pub fn prompt_text(&self, ids: &[u32]) -> String {
+        let ids = match (ids.first(), self.bos_id()) {
+            (Some(first), Some(bos)) if *first == bos => &ids[1..],
+            _ => ids,
+        };
+        let mut text = String::new();
+        let mut run: Vec<u32> = Vec::new();
+        for &id in ids {
+            if self.is_control(id) {
+                text.push_str(&self.decode(&run));
+                run.clear();
+                text.push_str(self.piece(id).unwrap_or_default());
+            } else {
+                run.push(id);
+            }
+        }
+        text.push_str(&self.decode(&run));
+        text
+    }
+
     /// Infilling ids named by the file (or, for Code Llama's vocabulary, found by piece text).
     pub fn fim_tokens(&self) -> Option<FimTokens> {
         self.fim
