@@ -73,6 +73,10 @@ pub struct BenchArgs {
     /// The context the typing session's prompts are built for.
     #[arg(long, default_value_t = 4096, value_name = "N", requires = "typing")]
     context_tokens: usize,
+    /// With --typing and a server: the same session through this process's engine and through
+    /// the server (running the same --model), to measure what the network path adds.
+    #[command(flatten)]
+    backend: super::backend::BackendArgs,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -170,6 +174,69 @@ fn bench_prompt(model: &LoadedModel, len: usize) -> Vec<u32> {
     prompt
 }
 
+/// `bench --typing --backend URL`: the typing session through the local engine and the server.
+fn bench_backends(args: &BenchArgs, backend: &crate::remote::BackendChoice) -> Result<()> {
+    let path = args.model.model.path()?;
+    let (_host, server) =
+        super::backend::start(path, args.model.device, args.context_tokens, backend)?;
+    let local = load(&args.model, Some(args.context_tokens))?;
+    let template = crate::prompt::FimTemplate::detect(&local.tokenizer, &local.name)
+        .map_err(anyhow::Error::msg)?;
+    let tokenizer = local.tokenizer.clone();
+    let window = crate::prompt::WindowConfig {
+        budget_tokens: args
+            .context_tokens
+            .min(server.context_tokens)
+            .saturating_sub(args.completion_tokens + 8),
+        ..crate::prompt::WindowConfig::default()
+    };
+    let engines = [
+        ("local".to_owned(), crate::engine::Engine::start(local)?),
+        (server.name.clone(), server.engine.clone()),
+    ];
+    let mut sessions = super::typing_bench::compare_backends(
+        &engines,
+        &tokenizer,
+        &template,
+        args.completion_tokens,
+        &window,
+    )?;
+    let same_output = sessions[0]["outputs"] == sessions[1]["outputs"];
+    let added = sessions[1]["overhead_p50_ms"].as_f64().unwrap_or_default()
+        - sessions[0]["overhead_p50_ms"].as_f64().unwrap_or_default();
+    for session in &mut sessions {
+        if let Some(object) = session.as_object_mut() {
+            object.remove("outputs");
+        }
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({"sessions": sessions, "added_p50_ms": added, "same_output": same_output})
+        );
+        return Ok(());
+    }
+    println!(
+        "one completion of {} tokens per keystroke, SPM, KV reuse",
+        args.completion_tokens
+    );
+    for s in &sessions {
+        println!(
+            "{}\n    p50 {:>7.1} ms (outside the model {:>5.1} ms)  p95 {:>7.1} ms  {:>5.1}% of prompt tokens reused",
+            s["backend"].as_str().unwrap_or_default(),
+            s["p50_ms"].as_f64().unwrap_or_default(),
+            s["overhead_p50_ms"].as_f64().unwrap_or_default(),
+            s["p95_ms"].as_f64().unwrap_or_default(),
+            s["reused_share"].as_f64().unwrap_or_default() * 100.0
+        );
+    }
+    println!(
+        "the network path adds {added:.1} ms at p50 (time outside the model); same completions: {}",
+        if same_output { "yes" } else { "NO" }
+    );
+    Ok(())
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
@@ -178,6 +245,13 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
+    let backend = args.backend.choice()?;
+    if backend.remote().is_some() {
+        if !args.typing {
+            bail!("--backend is for the typing session: add --typing");
+        }
+        return bench_backends(args, &backend);
+    }
     if args.typing {
         let model = load(&args.model, Some(args.context_tokens))?;
         let sessions =

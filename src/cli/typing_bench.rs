@@ -8,8 +8,10 @@ use anyhow::Result;
 use serde_json::{Value, json};
 
 use crate::document::Document;
+use crate::engine::{Engine, JobRequest};
 use crate::model::LoadedModel;
 use crate::model::generate::{GenerationRequest, generate};
+use crate::model::tokenizer::Tokenizer;
 use crate::prompt::{self, FimOrder, FimTemplate, WindowConfig};
 
 /// A Python module of about 400 lines: the session types a new line in its middle.
@@ -27,6 +29,20 @@ fn sample_document() -> String {
 }
 
 const TYPED: &str = "    total = sum(shape.area() for shape in shapes)";
+
+/// The document after each keystroke of the session, and the cursor (a char index) in it.
+fn keystrokes() -> impl Iterator<Item = (String, usize)> {
+    let base = sample_document();
+    let insert_at = base
+        .find("@dataclass\nclass Shape18")
+        .unwrap_or(base.len() / 2);
+    (1..=TYPED.len()).map(move |n| {
+        let typed = &TYPED[..n];
+        let text = format!("{}{typed}\n{}", &base[..insert_at], &base[insert_at..]);
+        let cursor = text[..insert_at + typed.len()].chars().count();
+        (text, cursor)
+    })
+}
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -46,18 +62,10 @@ fn session(
     max_tokens: usize,
     window: &WindowConfig,
 ) -> Result<Value> {
-    let base = sample_document();
-    let insert_at = base
-        .find("@dataclass\nclass Shape18")
-        .unwrap_or(base.len() / 2);
     let mut cache = model.llama.new_cache()?;
     let mut latencies = Vec::new();
     let (mut prompt_tokens, mut reused_tokens) = (0usize, 0usize);
-    let mut typed = String::new();
-    for ch in TYPED.chars() {
-        typed.push(ch);
-        let text = format!("{}{typed}\n{}", &base[..insert_at], &base[insert_at..]);
-        let cursor = text[..insert_at + typed.len()].chars().count();
+    for (text, cursor) in keystrokes() {
         let document = Document::new(&text, 0, "python");
         let started = Instant::now();
         let built = prompt::infill(
@@ -107,6 +115,71 @@ pub fn run(model: &LoadedModel, max_tokens: usize, context: usize) -> Result<Vec
                 model, &template, order, reuse, max_tokens, &window,
             )?);
         }
+    }
+    Ok(results)
+}
+
+/// The SPM session with KV reuse through each engine in turn — the local one and a server's — to
+/// measure what the network path adds. Each keystroke waits for the whole completion.
+pub fn compare_backends(
+    engines: &[(String, Engine)],
+    tokenizer: &Tokenizer,
+    template: &FimTemplate,
+    max_tokens: usize,
+    window: &WindowConfig,
+) -> Result<Vec<Value>> {
+    let mut results = Vec::new();
+    for (name, engine) in engines {
+        let mut latencies = Vec::new();
+        let (mut prompt_tokens, mut reused_tokens) = (0usize, 0usize);
+        let mut outputs = Vec::new();
+        let mut overheads = Vec::new();
+        for (text, cursor) in keystrokes() {
+            let document = Document::new(&text, 0, "python");
+            let started = Instant::now();
+            let built = prompt::infill(
+                tokenizer,
+                template,
+                document.rope(),
+                cursor,
+                FimOrder::Spm,
+                window,
+            );
+            let job = engine.submit(JobRequest {
+                generation: GenerationRequest {
+                    prompt: built.ids,
+                    max_new_tokens: max_tokens,
+                    ..GenerationRequest::default()
+                },
+                supersede_key: None,
+            });
+            let generation = job
+                .finish_blocking()
+                .map_err(anyhow::Error::msg)?
+                .generation;
+            let wall = started.elapsed().as_secs_f64() * 1000.0;
+            latencies.push(wall);
+            // Everything but the model's own work: prompt building, queues and, for a server,
+            // HTTP on the way there and back.
+            overheads.push(wall - generation.prefill_ms - generation.decode_ms);
+            prompt_tokens += generation.prompt_tokens;
+            reused_tokens += generation.reused_tokens;
+            outputs.push(generation.ids);
+        }
+        latencies.sort_by(f64::total_cmp);
+        overheads.sort_by(f64::total_cmp);
+        results.push(json!({
+            "backend": name,
+            "overhead_p50_ms": percentile(&overheads, 0.5),
+            "order": "spm",
+            "kv_reuse": true,
+            "keystrokes": latencies.len(),
+            "p50_ms": percentile(&latencies, 0.5),
+            "p95_ms": percentile(&latencies, 0.95),
+            "mean_prompt_tokens": prompt_tokens as f64 / latencies.len().max(1) as f64,
+            "reused_share": reused_tokens as f64 / prompt_tokens.max(1) as f64,
+            "outputs": outputs,
+        }));
     }
     Ok(results)
 }

@@ -19,7 +19,7 @@ use super::config::{RemoteKind, RemoteSpec};
 use super::protocol::{self, Ask, Chunk, Event, EventReader, ServerFinish};
 use crate::engine::{Job, JobEvent, JobResult};
 use crate::model::generate::{FinishReason, Generation, OutputText};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::tokenizer::{TokenStream, Tokenizer};
 
 /// How often a waiting request looks at its cancel flag and deadline.
 const POLL: Duration = Duration::from_millis(10);
@@ -196,6 +196,9 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
     let mut first_bytes: Option<Instant> = None;
     let mut usage = None;
     let mut server_finish = None;
+    // Where the answer ends by our own rules (a stop token or string, maxTokens).
+    let mut ours: Option<FinishReason> = None;
+    let mut after_ours = 0;
     let finish = 'stream: loop {
         let (events, ended) = match wait(job, timeout, body.next()).await {
             Wait::Ready(Some(Ok(bytes))) => {
@@ -243,23 +246,15 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
             if chunk.usage.is_some() {
                 usage = chunk.usage.clone();
             }
-            let ids = chunk.tokens.as_deref().filter(|ids| !ids.is_empty());
-            if let Some(ids) = ids {
-                // Decoded here, token by token, exactly as a local generation.
-                for &id in ids {
-                    if stop_tokens.contains(&id) {
-                        break 'stream FinishReason::EndOfText;
-                    }
-                    generation.ids.push(id);
-                    if output.push(&decoder.push(id), &mut on_text) {
-                        break 'stream FinishReason::StopString;
-                    }
-                    if generation.ids.len() >= request.max_new_tokens {
-                        break 'stream FinishReason::MaxTokens;
-                    }
-                }
-            } else if output.push(&chunk.text, &mut on_text) {
-                break 'stream FinishReason::StopString;
+            if ours.is_none() {
+                ours = take_text(
+                    &chunk,
+                    &stop_tokens,
+                    request.max_new_tokens,
+                    &mut generation.ids,
+                    &mut |piece| output.push(piece, &mut on_text),
+                    &mut decoder,
+                );
             }
             if let Some(finish) = &chunk.finish {
                 server_finish = Some(match finish {
@@ -269,13 +264,21 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
                 });
             }
             if chunk.done {
-                break 'stream server_finish.unwrap_or(FinishReason::EndOfText);
+                break 'stream ours.or(server_finish).unwrap_or(FinishReason::EndOfText);
             }
         }
         if ended {
-            match server_finish {
+            match ours.or(server_finish) {
                 Some(finish) => break finish,
                 None => return Err("the server closed the stream before the answer ended".into()),
+            }
+        }
+        if ours.is_some() {
+            // The answer is complete here; the server's last event (with its statistics) comes
+            // right after, unless it keeps generating: then it is not waited for.
+            after_ours += 1;
+            if after_ours > 4 {
+                break ours.unwrap_or(FinishReason::EndOfText);
             }
         }
     };
@@ -309,6 +312,35 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
         generation,
         stopped_by,
     })
+}
+
+/// Adds a chunk's text to the answer: its ids decoded here (exactly as a local generation),
+/// or its text when the server sends no ids. `push` takes each piece of text and says whether a
+/// stop string ended it. Returns why the answer ends, when it does.
+fn take_text(
+    chunk: &Chunk,
+    stop_tokens: &[u32],
+    max_tokens: usize,
+    ids: &mut Vec<u32>,
+    push: &mut dyn FnMut(&str) -> bool,
+    decoder: &mut TokenStream<'_>,
+) -> Option<FinishReason> {
+    let Some(chunk_ids) = chunk.tokens.as_deref().filter(|ids| !ids.is_empty()) else {
+        return push(&chunk.text).then_some(FinishReason::StopString);
+    };
+    for &id in chunk_ids {
+        if stop_tokens.contains(&id) {
+            return Some(FinishReason::EndOfText);
+        }
+        ids.push(id);
+        if push(&decoder.push(id)) {
+            return Some(FinishReason::StopString);
+        }
+        if ids.len() >= max_tokens {
+            return Some(FinishReason::MaxTokens);
+        }
+    }
+    None
 }
 
 /// Up to `limit` bytes of a response body, as text.

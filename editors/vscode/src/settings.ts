@@ -7,6 +7,8 @@ import * as vscode from 'vscode';
 export const SERVER_KEYS = [
   'model',
   'device',
+  'backend',
+  'tokenizer',
   'maxTokens',
   'contextTokens',
   'temperature',
@@ -17,7 +19,10 @@ export const SERVER_KEYS = [
 ] as const;
 
 export type ServerKey = (typeof SERVER_KEYS)[number];
-export type ServerSettings = Partial<Record<ServerKey, string | number | boolean>>;
+export type ServerSettings = Partial<Record<ServerKey, string | number | boolean | object>>;
+
+/** Settings whose value is a file path (`~` is expanded for them). */
+const PATH_KEYS: readonly ServerKey[] = ['model', 'tokenizer'];
 
 function config(): vscode.WorkspaceConfiguration {
   return vscode.workspace.getConfiguration('codellama');
@@ -39,9 +44,11 @@ export function serverSettings(): ServerSettings {
     const value = cfg.get<unknown>(key);
     if (typeof value === 'string') {
       const trimmed = value.trim();
-      if (trimmed !== '') settings[key] = key === 'model' ? expandHome(trimmed) : trimmed;
+      if (trimmed !== '') settings[key] = PATH_KEYS.includes(key) ? expandHome(trimmed) : trimmed;
     } else if (typeof value === 'number' || typeof value === 'boolean') {
       settings[key] = value;
+    } else if (key === 'backend' && value !== null && typeof value === 'object') {
+      settings[key] = value; // the full form: { url, kind, model, apiKeyEnv, timeoutMs }
     }
   }
   return settings;
