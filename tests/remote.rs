@@ -126,6 +126,21 @@ fn llama_server_names_its_model_file_so_no_model_setting_is_needed() {
 }
 
 #[test]
+fn a_vocabulary_that_is_not_the_servers_is_reported() {
+    let Some((server, _)) = real_server() else {
+        return;
+    };
+    // The project's fixture has its own vocabulary; the server runs Code Llama's.
+    let other = fixture_model();
+    let output = complete(Some(Path::new(&other)), Some(&server.url), &[]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("tokenizes text differently") && stderr.contains("set \"tokenizer\""),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn the_language_server_completes_through_llama_server_as_it_does_locally() {
     let Some((server, model)) = real_server() else {
         return;
