@@ -161,11 +161,9 @@ impl Completer {
             context_tokens: settings.context_tokens.min(model.context_tokens),
             ..settings.clone()
         };
-        // A model that cannot infill was reported once, when it loaded; every keystroke erroring
-        // again would only be noise.
-        let Ok(template) = model.template.clone() else {
-            return Ok((Outcome::Nothing, None));
-        };
+        // A model without infilling tokens continues the text before the cursor (said once,
+        // when it loaded).
+        let template = model.completion_template(settings.fim_order);
         let built = self
             .build_prompt(&request, settings, &model.tokenizer, &template)
             .await?

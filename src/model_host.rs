@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::engine::Engine;
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{DeviceSpec, LoadedModel, Vocabulary};
-use crate::prompt::{ChatTemplate, FimTemplate};
+use crate::prompt::{ChatTemplate, FimOrder, FimTemplate};
 use crate::remote::{self, BackendChoice, RemoteSpec};
 
 /// Loads a model and starts its engine, on a blocking thread; for a remote backend, reads the
@@ -127,6 +127,17 @@ pub enum ModelState {
     Loading(PathBuf),
     Ready(Arc<ReadyModel>),
     Failed(String),
+}
+
+impl ReadyModel {
+    /// The template completions use in `order`: the model's infilling template, or prefix-only
+    /// completion when the model has none or `order` asks for it.
+    pub fn completion_template(&self, order: FimOrder) -> FimTemplate {
+        match &self.template {
+            Ok(template) if order != FimOrder::None => template.clone(),
+            _ => FimTemplate::prefix_only(),
+        }
+    }
 }
 
 /// What identifies a load: the same file, device and context need no reload.

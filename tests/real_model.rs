@@ -110,3 +110,53 @@ fn a_real_model_writes_a_docstring_that_fits_the_code() {
     assert!(docstring.to_lowercase().contains("area"), "{docstring}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn a_model_without_infilling_tokens_completes_from_the_text_before_the_cursor() {
+    let Some(model) = support::smollm2() else {
+        return;
+    };
+    let model = model.display().to_string();
+    let mut client = support::LspClient::spawn(&["serve", "--stdio"]);
+    let response = client.call(
+        "initialize",
+        serde_json::json!({"processId": null, "capabilities": {},
+            "initializationOptions": {"model": model, "device": "cpu", "maxTokens": 24, "deadlineMs": 60000}}),
+    );
+    assert!(response.get("result").is_some(), "{response}");
+    client.notify("initialized", serde_json::json!({}));
+    // One message says what this model does instead of infilling.
+    let note = client.wait_for_matching("window/showMessage", |params| {
+        params["message"]
+            .as_str()
+            .is_some_and(|text| text.contains("fill-in-the-middle"))
+    });
+    assert_eq!(note["params"]["type"], 2, "{note}");
+    let text = "import os\n\ndef list_python_files(root):\n    result = []\n    for dirpath, dirnames, filenames in os.walk(root):\n        \n    return result\n";
+    client.open("file:///w/files.py", "python", text);
+    let answer = client.call(
+        "textDocument/inlineCompletion",
+        serde_json::json!({"textDocument": {"uri": "file:///w/files.py"},
+            "position": {"line": 5, "character": 8}, "context": {"triggerKind": 1}}),
+    );
+    let suggestion = answer["result"][0]["insertText"]
+        .as_str()
+        .unwrap_or_default();
+    // Real (if weak) code from a real model, trimmed where the suffix takes over.
+    assert!(
+        suggestion.contains("for ") || suggestion.contains("if "),
+        "{answer}"
+    );
+    assert!(!suggestion.contains("return result"), "{answer}");
+    let prompt = client.call(
+        "codellama/prompt",
+        serde_json::json!({"textDocument": {"uri": "file:///w/files.py"}, "position": {"line": 5, "character": 8}}),
+    );
+    let shown = prompt["result"]["text"].as_str().unwrap_or_default();
+    assert!(shown.ends_with("os.walk(root):\n        "), "{prompt}");
+    assert!(
+        !shown.contains("return result"),
+        "the prompt has no suffix: {prompt}"
+    );
+    client.assert_clean_stdout();
+}

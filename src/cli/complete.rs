@@ -21,8 +21,9 @@ const MARKER: &str = "<FILL_ME>";
 
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// A GGUF model with infilling tokens (Code Llama 7B/13B, base or Instruct). With --backend,
-    /// the file the server runs (only its vocabulary is read).
+    /// A GGUF model: best one with infilling tokens (Code Llama 7B/13B, base or Instruct); any
+    /// other continues the text before the cursor. With --backend, the file the server runs (only
+    /// its vocabulary is read).
     #[arg(long, value_name = "PATH|SPEC")]
     model: Option<super::models::ModelRef>,
     #[command(flatten)]
@@ -39,7 +40,9 @@ pub struct CompleteArgs {
     /// Read the text from stdin, with exactly one <FILL_ME> marking the hole.
     #[arg(long)]
     stdin: bool,
-    #[arg(long, default_value = "spm", value_name = "psm|spm")]
+    /// The infilling order; none: the text before the cursor only (what models without infilling
+    /// tokens get anyway).
+    #[arg(long, default_value = "spm", value_name = "spm|psm|none")]
     fim_order: FimOrder,
     #[arg(long, default_value_t = Settings::default().max_tokens, value_name = "N")]
     max_tokens: usize,
@@ -115,8 +118,13 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         ..Settings::default()
     };
     let vocabulary = Vocabulary::read(&model_path)?;
-    let template =
-        FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name).map_err(anyhow::Error::msg)?;
+    let template = match FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name) {
+        Ok(template) => template,
+        Err(problem) => {
+            eprintln!("codellama-lsp: note: {problem}");
+            FimTemplate::prefix_only()
+        }
+    };
     let window = WindowConfig {
         budget_tokens: settings.prompt_budget(),
         prefix_share: settings.prefix_share,

@@ -330,11 +330,7 @@ impl Backend {
                 data: None,
             });
         };
-        let template = model.template.clone().map_err(|problem| Error {
-            code: ErrorCode::InvalidRequest,
-            message: problem.into(),
-            data: None,
-        })?;
+        let template = model.completion_template(settings.fim_order);
         let built = self
             .completer
             .build_prompt(&request, &settings, &model.tokenizer, &template)

@@ -112,7 +112,7 @@ pub fn status(
         ModelState::Ready(model) => {
             let message = match &model.template {
                 Ok(_) => format!("{} is ready", model.name),
-                Err(problem) => format!("{} is loaded, but {problem}", model.name),
+                Err(problem) => format!("{} is ready, but {problem}", model.name),
             };
             Status {
                 state: State::Ready,

@@ -20,6 +20,9 @@ pub enum FimOrder {
     /// so a keystroke only changes the last tokens and the KV cache keeps everything before them.
     #[default]
     Spm,
+    /// No infilling: the text before the cursor alone, continued as plain text (for models
+    /// without FIM tokens, and to measure what infilling adds).
+    None,
 }
 
 impl std::str::FromStr for FimOrder {
@@ -29,7 +32,8 @@ impl std::str::FromStr for FimOrder {
         match text.to_ascii_lowercase().as_str() {
             "psm" => Ok(Self::Psm),
             "spm" => Ok(Self::Spm),
-            _ => Err(format!("unknown FIM order '{text}': use psm or spm")),
+            "none" => Ok(Self::None),
+            _ => Err(format!("unknown FIM order '{text}': use spm, psm or none")),
         }
     }
 }
@@ -41,6 +45,8 @@ pub enum FimFamily {
     StarCoder,
     /// Qwen2.5-Coder and CodeGemma share the `<|fim_prefix|>` spelling.
     QwenStyle,
+    /// No infilling tokens: the prompt is the text before the cursor.
+    PrefixOnly,
 }
 
 /// The special pieces of each family, as their texts appear in the vocabulary.
@@ -79,6 +85,23 @@ pub struct FimTemplate {
 }
 
 impl FimTemplate {
+    /// The template of prefix-only completion: any base or chat model continues the text before
+    /// the cursor (its ids are unused).
+    pub fn prefix_only() -> Self {
+        Self {
+            family: FimFamily::PrefixOnly,
+            prefix: 0,
+            suffix: 0,
+            middle: 0,
+            stop: Vec::new(),
+        }
+    }
+
+    /// Whether prompts hold the text before the cursor only.
+    pub fn is_prefix_only(&self, order: FimOrder) -> bool {
+        self.family == FimFamily::PrefixOnly || order == FimOrder::None
+    }
+
     /// Finds the template: infilling ids named in the GGUF metadata first (the tokenizer reads
     /// them), then the families' piece texts in the vocabulary, then a hint in the model's name.
     pub fn detect(tokenizer: &Tokenizer, model_name: &str) -> Result<Self, String> {
@@ -120,7 +143,7 @@ impl FimTemplate {
             ""
         };
         Err(format!(
-            "the model '{model_name}' has no fill-in-the-middle tokens, so it cannot complete code at the cursor.{hint}"
+            "the model '{model_name}' has no fill-in-the-middle tokens: completions continue the text before the cursor only (a FIM model such as Code Llama 7B/13B also sees the code after it, and suggests better).{hint}"
         ))
     }
 
@@ -134,6 +157,10 @@ impl FimTemplate {
     ) -> Vec<u32> {
         let bos = tokenizer.bos_id().filter(|_| tokenizer.add_bos_token());
         let mut ids: Vec<u32> = bos.into_iter().collect();
+        if self.is_prefix_only(order) {
+            ids.extend(tokenizer.encode(prefix, false));
+            return ids;
+        }
         match (self.family, order) {
             (FimFamily::CodeLlama, FimOrder::Spm) => {
                 ids.extend([self.prefix, self.suffix]);

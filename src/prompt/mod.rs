@@ -60,8 +60,16 @@ pub fn infill_with_context(
         config.budget_tokens -= context_tokens;
         context
     };
+    let prefix_only = template.is_prefix_only(order);
+    if prefix_only {
+        config.prefix_share = 1.0;
+    }
     loop {
-        let window = window::select(document, cursor, &config, &count);
+        let mut window = window::select(document, cursor, &config, &count);
+        if prefix_only {
+            // Not in the prompt, but post-processing still trims what the suffix already has.
+            window.suffix = window::text_after(document, cursor, config.snap_lines);
+        }
         let prefix = format!("{context}{}", window.prefix);
         let ids = template.prompt(tokenizer, &prefix, &window.suffix, order);
         // Counting lines one by one may rarely underestimate the joined text: shrink and retry.
@@ -71,5 +79,48 @@ pub fn infill_with_context(
             return InfillPrompt { ids, window };
         }
         config.budget_tokens = config.budget_tokens * 9 / 10;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::fixture_tokenizer;
+
+    #[test]
+    fn prefix_only_prompts_hold_the_text_before_the_cursor_and_keep_the_suffix_for_trimming() {
+        let tokenizer = fixture_tokenizer();
+        let text = "def add(a, b):\n    return a + b\n\nprint(add(1, 2))\n";
+        let document = Rope::from_str(text);
+        let cursor = text.find("return").unwrap();
+        let config = WindowConfig::default();
+        let infilling = FimTemplate::detect(&tokenizer, "fixture").unwrap();
+        for (template, order) in [
+            (FimTemplate::prefix_only(), FimOrder::Spm),
+            (infilling.clone(), FimOrder::None),
+        ] {
+            let built = infill(&tokenizer, &template, &document, cursor, order, &config);
+            let mut expected = vec![1];
+            expected.extend(tokenizer.encode("def add(a, b):\n    ", false));
+            assert_eq!(built.ids, expected);
+            assert!(!built.ids.contains(&infilling.middle));
+            assert_eq!(built.window.suffix, "return a + b\n\nprint(add(1, 2))\n");
+        }
+        // Infilling orders are unchanged.
+        let built = infill(
+            &tokenizer,
+            &infilling,
+            &document,
+            cursor,
+            FimOrder::Spm,
+            &config,
+        );
+        assert!(built.ids.contains(&infilling.middle));
+    }
+
+    #[test]
+    fn the_order_none_is_spelled_none() {
+        assert_eq!("none".parse::<FimOrder>(), Ok(FimOrder::None));
+        assert!("prefix".parse::<FimOrder>().unwrap_err().contains("none"));
     }
 }

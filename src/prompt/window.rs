@@ -38,6 +38,15 @@ pub struct Window {
     pub end_line: usize,
 }
 
+/// The text after `cursor` to the end of the `lines`-th line below it (for post-processing when
+/// the prompt itself has no suffix).
+pub fn text_after(rope: &Rope, cursor: usize, lines: usize) -> String {
+    let cursor = cursor.min(rope.len_chars());
+    let last = (rope.char_to_line(cursor) + lines + 1).min(rope.len_lines());
+    let end = rope.line_to_char(last);
+    rope.slice(cursor..end.max(cursor)).to_string()
+}
+
 /// Selects the window around `cursor` (a char index). `count` gives the tokens of a piece of text
 /// (an upper estimate is fine: a per-line count slightly overestimates a joined one).
 pub fn select(
