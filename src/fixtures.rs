@@ -12,6 +12,16 @@ use candle_core::{Device, Tensor};
 
 use crate::model::gguf::{Array, GgmlType, GgufError, GgufWriter, Value};
 
+mod families;
+pub use families::{Family, SAMPLE_CODE, generate as generate_family};
+
+/// Every committed fixture: its file name and a generator of its bytes.
+pub fn all() -> Vec<(&'static str, Result<Vec<u8>, String>)> {
+    let llama = Variant::ALL.map(|variant| (variant.file_name(), generate(variant)));
+    let others = Family::ALL.map(|family| (family.file_name(), generate_family(family)));
+    llama.into_iter().chain(others).collect()
+}
+
 /// SplitMix64: a tiny, well-mixed, reproducible generator.
 pub struct SplitMix64(u64);
 

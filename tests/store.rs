@@ -388,7 +388,8 @@ fn models_info_describes_every_shared_fixture() {
         if code_llama {
             assert_eq!(
                 info["fim_tokens"],
-                json!({"prefix": 32007, "suffix": 32008, "middle": 32009})
+                json!({"family": "code-llama", "prefix": 32007, "suffix": 32008, "middle": 32009,
+                       "pieces": ["▁<PRE>", "▁<SUF>", "▁<MID>"]})
             );
         }
         let text = cli(&["models", "info", &file], None, &home, true);

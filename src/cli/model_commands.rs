@@ -373,9 +373,9 @@ pub struct FixturesArgs {
 }
 
 pub fn fixtures(args: &FixturesArgs) -> Result<()> {
-    for variant in crate::fixtures::Variant::ALL {
-        let bytes = crate::fixtures::generate(variant).map_err(anyhow::Error::msg)?;
-        let path = args.out.join(variant.file_name());
+    for (name, bytes) in crate::fixtures::all() {
+        let bytes = bytes.map_err(anyhow::Error::msg)?;
+        let path = args.out.join(name);
         if args.check {
             let existing =
                 std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;

@@ -223,7 +223,15 @@ fn info(path: &std::path::Path, json: bool) -> Result<()> {
     let or_unknown = |value: Option<String>| value.unwrap_or_else(|| "unknown".into());
     println!("file:          {}", path.display());
     println!("name:          {}", or_unknown(summary.name.clone()));
-    println!("architecture:  {}", summary.architecture);
+    println!(
+        "architecture:  {}{}",
+        summary.architecture,
+        if summary.runs {
+            ""
+        } else {
+            " (not one codellama-lsp runs: llama, qwen2, starcoder2, gemma)"
+        }
+    );
     println!(
         "size:          {} ({} tensors, {} parameters)",
         gigabytes(summary.size_bytes),
@@ -255,12 +263,20 @@ fn info(path: &std::path::Path, json: bool) -> Result<()> {
         "context:       {}",
         or_unknown(summary.context_length.map(|c| c.to_string()))
     );
-    match summary.fim_tokens {
+    match &summary.fim_tokens {
         Some(fim) => println!(
-            "infill:        yes (prefix {}, suffix {}, middle {})",
-            fim.prefix, fim.suffix, fim.middle
+            "infill:        yes, {} ({} {}, {} {}, {} {})",
+            fim.family,
+            fim.pieces[0],
+            fim.prefix,
+            fim.pieces[1],
+            fim.suffix,
+            fim.pieces[2],
+            fim.middle
         ),
-        None => println!("infill:        no (inline completions need a fill-in-the-middle model)"),
+        None => println!(
+            "infill:        no (completions continue the text before the cursor only; a fill-in-the-middle model suggests better)"
+        ),
     }
     println!("chat template: {}", summary.chat_template.unwrap_or("none"));
     Ok(())

@@ -1,11 +1,97 @@
-//! Llama hyper-parameters, read from GGUF metadata and checked before anything is allocated.
+//! Model hyper-parameters, read from GGUF metadata and checked before anything is allocated.
+//!
+//! One decoder-only transformer covers every family we run; [`Architecture`] names the few ways
+//! they differ, exactly as llama.cpp reads them from the file (`general.architecture`).
 
 use super::gguf::{GgufError, GgufFile};
 
-/// The shape of a llama-architecture model, as its GGUF file describes it.
+/// The model families the forward pass runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// Code Llama, Llama 2/3, DeepSeek-Coder, SmolLM: RMSNorm, SwiGLU, RoPE on adjacent pairs.
+    Llama,
+    /// Qwen2 / Qwen2.5-Coder: as Llama, plus Q/K/V biases and NeoX RoPE.
+    Qwen2,
+    /// StarCoder2: LayerNorm with bias, a GELU MLP (no gate), biases everywhere, NeoX RoPE.
+    Starcoder2,
+    /// Gemma / CodeGemma: GeGLU, embeddings scaled by √width, NeoX RoPE, heads of
+    /// `attention.key_length` (not width / heads).
+    Gemma,
+}
+
+/// How positions rotate queries and keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Adjacent pairs (llama.cpp's "normal"; GGUF llama weights are permuted for it).
+    Interleaved,
+    /// The first half against the second half (llama.cpp's NeoX).
+    Neox,
+}
+
+/// The feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeedForward {
+    /// `down(silu(gate(x)) * up(x))`
+    SiluGated,
+    /// `down(gelu(gate(x)) * up(x))`
+    GeluGated,
+    /// `down(gelu(up(x)))`
+    Gelu,
+}
+
+impl Architecture {
+    pub const NAMES: &str = "llama, qwen2, starcoder2, gemma";
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "llama" => Self::Llama,
+            "qwen2" => Self::Qwen2,
+            "starcoder2" => Self::Starcoder2,
+            "gemma" => Self::Gemma,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Llama => "llama",
+            Self::Qwen2 => "qwen2",
+            Self::Starcoder2 => "starcoder2",
+            Self::Gemma => "gemma",
+        }
+    }
+
+    pub fn rope_style(self) -> RopeStyle {
+        match self {
+            Self::Llama => RopeStyle::Interleaved,
+            Self::Qwen2 | Self::Starcoder2 | Self::Gemma => RopeStyle::Neox,
+        }
+    }
+
+    /// LayerNorm (with bias) instead of RMSNorm.
+    pub fn layer_norm(self) -> bool {
+        self == Self::Starcoder2
+    }
+
+    pub fn feed_forward(self) -> FeedForward {
+        match self {
+            Self::Llama | Self::Qwen2 => FeedForward::SiluGated,
+            Self::Gemma => FeedForward::GeluGated,
+            Self::Starcoder2 => FeedForward::Gelu,
+        }
+    }
+
+    /// Embeddings are multiplied by √width before the first layer.
+    pub fn scales_embeddings(self) -> bool {
+        self == Self::Gemma
+    }
+}
+
+/// The shape of a model, as its GGUF file describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
     pub architecture: String,
+    pub family: Architecture,
     pub vocab_size: usize,
     pub embedding_length: usize,
     pub block_count: usize,
@@ -18,6 +104,7 @@ pub struct LlamaConfig {
     pub rope_dimension_count: usize,
     /// Code Llama uses 1e6; Llama 2 uses the default 1e4.
     pub rope_freq_base: f32,
+    /// The epsilon of every norm (RMSNorm, or LayerNorm for StarCoder2).
     pub rms_norm_eps: f64,
     /// The context the model was trained for.
     pub context_length: usize,
@@ -30,17 +117,24 @@ const MAX_LAYERS: usize = 1024;
 const MAX_HEADS: usize = 4096;
 
 impl LlamaConfig {
+    /// The width of all query heads together (the embedding width, except for Gemma 7B-like
+    /// shapes).
+    pub fn query_width(&self) -> usize {
+        self.head_count * self.head_dim
+    }
+
     pub fn from_gguf(gguf: &GgufFile) -> Result<Self, GgufError> {
         let invalid = |problem: String| GgufError::Invalid {
             file: gguf.file_name().to_owned(),
             problem,
         };
         let architecture = gguf.get_str("general.architecture")?.to_owned();
-        if architecture != "llama" {
+        let Some(family) = Architecture::from_name(&architecture) else {
             return Err(invalid(format!(
-                "architecture '{architecture}' is not supported (codellama-lsp runs llama-architecture models: Code Llama, Llama 2/3, DeepSeek-Coder, …)"
+                "architecture '{architecture}' is not supported (codellama-lsp runs {}: Code Llama, Llama 2/3, DeepSeek-Coder, Qwen2.5-Coder, StarCoder2, CodeGemma, …)",
+                Architecture::NAMES
             )));
-        }
+        };
         let key = |name: &str| format!("{architecture}.{name}");
         let metadata = &gguf.metadata;
         let usize_of =
@@ -57,7 +151,12 @@ impl LlamaConfig {
             Some(n) => n as usize,
             None => 4096,
         };
-        let rms_norm_eps = match metadata.opt_f32(&key("attention.layer_norm_rms_epsilon"))? {
+        let eps_key = if family.layer_norm() {
+            "attention.layer_norm_epsilon"
+        } else {
+            "attention.layer_norm_rms_epsilon"
+        };
+        let rms_norm_eps = match metadata.opt_f32(&key(eps_key))? {
             Some(eps) => f64::from(eps),
             None => 1e-5,
         };
@@ -81,7 +180,16 @@ impl LlamaConfig {
         in_range("attention.head_count", head_count, MAX_HEADS)?;
         in_range("attention.head_count_kv", head_count_kv, head_count)?;
         in_range("context_length", context_length, 1 << 24)?;
-        if embedding_length % head_count != 0 {
+        // Heads are width / count wide unless the file says otherwise (Gemma 7B: 16 × 256 over
+        // a width of 3072).
+        let key_length = metadata.opt_u32(&key("attention.key_length"))?;
+        let value_length = metadata.opt_u32(&key("attention.value_length"))?;
+        if key_length != value_length {
+            return Err(invalid(format!(
+                "attention.key_length {key_length:?} differs from attention.value_length {value_length:?}, which is not supported"
+            )));
+        }
+        if key_length.is_none() && embedding_length % head_count != 0 {
             return Err(invalid(format!(
                 "embedding_length {embedding_length} is not a multiple of head_count {head_count}"
             )));
@@ -91,7 +199,14 @@ impl LlamaConfig {
                 "head_count {head_count} is not a multiple of head_count_kv {head_count_kv}"
             )));
         }
-        let head_dim = embedding_length / head_count;
+        let head_dim = match key_length {
+            Some(length) => length as usize,
+            None => embedding_length / head_count,
+        };
+        in_range("attention.key_length", head_dim, MAX_DIM)?;
+        if head_dim % 2 != 0 {
+            return Err(invalid(format!("the head size {head_dim} must be even")));
+        }
         let rope_dimension_count = match metadata.opt_u32(&key("rope.dimension_count"))? {
             Some(n) => n as usize,
             None => head_dim,
@@ -126,6 +241,7 @@ impl LlamaConfig {
         }
         Ok(Self {
             architecture,
+            family,
             vocab_size,
             embedding_length,
             block_count,

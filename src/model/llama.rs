@@ -1,4 +1,6 @@
-//! The llama forward pass over quantized GGUF weights, with our own KV cache.
+//! The forward pass over quantized GGUF weights, with our own KV cache: Llama, and the families
+//! that differ from it in a few places (biases, LayerNorm, the MLP, RoPE style, embedding scale;
+//! see [`Architecture`](super::config::Architecture)).
 //!
 //! Weights stay in their GGUF quantization and go through candle's quantized matmuls. Unlike
 //! candle-transformers' `quantized_llama` (kept as the parity reference in tests), this model
@@ -13,7 +15,7 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_fro
 use candle_core::{D, DType, Device, Module, Tensor};
 
 use super::ModelError;
-use super::config::LlamaConfig;
+use super::config::{FeedForward, LlamaConfig, RopeStyle};
 use super::gguf::{GgmlType, GgufFile};
 use super::kv_cache::KvCache;
 
@@ -22,16 +24,48 @@ use super::kv_cache::KvCache;
 /// even for models trained on 100k-token contexts.
 pub const DEFAULT_CONTEXT: usize = 4096;
 
+/// A projection, with the bias some families add.
+struct Linear {
+    weight: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let y = self.weight.forward(x)?;
+        match &self.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+}
+
+/// RMSNorm, or LayerNorm when there is a bias.
+struct Norm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+}
+
+impl Norm {
+    fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
+        match &self.bias {
+            None => candle_nn::ops::rms_norm(x, &self.weight, eps),
+            Some(bias) => candle_nn::ops::layer_norm(x, &self.weight, bias, eps),
+        }
+    }
+}
+
 struct Layer {
-    attention_norm: Tensor,
-    wq: QMatMul,
-    wk: QMatMul,
-    wv: QMatMul,
-    wo: QMatMul,
-    ffn_norm: Tensor,
-    gate: QMatMul,
-    up: QMatMul,
-    down: QMatMul,
+    attention_norm: Norm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    ffn_norm: Norm,
+    /// Absent for a plain (ungated) MLP.
+    gate: Option<Linear>,
+    up: Linear,
+    down: Linear,
 }
 
 /// Precomputed RoPE rotations for positions `0..cos.dim(0)`, `[positions, rope_dim / 2]` each.
@@ -45,7 +79,7 @@ pub struct Llama {
     device: Device,
     embeddings: Arc<QTensor>,
     layers: Vec<Layer>,
-    norm: Tensor,
+    norm: Norm,
     output: QMatMul,
     rotations: Rotations,
     /// The largest position count this instance supports (RoPE tables and cache capacity).
@@ -103,6 +137,36 @@ impl TensorSource<'_> {
         }
         QMatMul::from_qtensor(self.qtensor(name)?)
             .map_err(|source| ModelError::candle(format!("preparing '{name}'"), source))
+    }
+
+    /// A weight matrix and its bias, if the file has one (`….weight` → `….bias`).
+    fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+        Ok(Linear {
+            weight: self.matmul(name, inputs, outputs)?,
+            bias: self.optional_vector(&name.replace(".weight", ".bias"), outputs)?,
+        })
+    }
+
+    /// A norm's weight and, for LayerNorm families, its bias (zero when the file has none).
+    fn norm(&self, name: &str, len: usize, layer_norm: bool) -> Result<Norm, ModelError> {
+        let weight = self.vector(name, len)?;
+        let bias = match self.optional_vector(&name.replace(".weight", ".bias"), len)? {
+            Some(bias) => Some(bias),
+            None if layer_norm => Some(
+                weight
+                    .zeros_like()
+                    .map_err(|error| ModelError::candle("a zero norm bias", error))?,
+            ),
+            None => None,
+        };
+        Ok(Norm { weight, bias })
+    }
+
+    fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Tensor>, ModelError> {
+        match self.gguf.tensor(name) {
+            Some(_) => self.vector(name, len).map(Some),
+            None => Ok(None),
+        }
     }
 
     fn vector(&self, name: &str, len: usize) -> Result<Tensor, ModelError> {
@@ -192,23 +256,29 @@ impl Llama {
                 .map_err(|error| ModelError::candle("tying output to embeddings", error))?
         };
         let kv_width = config.head_count_kv * config.head_dim;
+        let q_width = config.query_width();
         let n_ff = config.feed_forward_length;
+        let family = config.family;
+        let layer_norm = family.layer_norm();
+        let gated = family.feed_forward() != FeedForward::Gelu;
         let mut layers = Vec::with_capacity(config.block_count);
         for i in 0..config.block_count {
             let name = |suffix: &str| format!("blk.{i}.{suffix}");
             layers.push(Layer {
-                attention_norm: source.vector(&name("attn_norm.weight"), n_embd)?,
-                wq: source.matmul(&name("attn_q.weight"), n_embd, n_embd)?,
-                wk: source.matmul(&name("attn_k.weight"), n_embd, kv_width)?,
-                wv: source.matmul(&name("attn_v.weight"), n_embd, kv_width)?,
-                wo: source.matmul(&name("attn_output.weight"), n_embd, n_embd)?,
-                ffn_norm: source.vector(&name("ffn_norm.weight"), n_embd)?,
-                gate: source.matmul(&name("ffn_gate.weight"), n_embd, n_ff)?,
-                up: source.matmul(&name("ffn_up.weight"), n_embd, n_ff)?,
-                down: source.matmul(&name("ffn_down.weight"), n_ff, n_embd)?,
+                attention_norm: source.norm(&name("attn_norm.weight"), n_embd, layer_norm)?,
+                wq: source.linear(&name("attn_q.weight"), n_embd, q_width)?,
+                wk: source.linear(&name("attn_k.weight"), n_embd, kv_width)?,
+                wv: source.linear(&name("attn_v.weight"), n_embd, kv_width)?,
+                wo: source.linear(&name("attn_output.weight"), q_width, n_embd)?,
+                ffn_norm: source.norm(&name("ffn_norm.weight"), n_embd, layer_norm)?,
+                gate: gated
+                    .then(|| source.linear(&name("ffn_gate.weight"), n_embd, n_ff))
+                    .transpose()?,
+                up: source.linear(&name("ffn_up.weight"), n_embd, n_ff)?,
+                down: source.linear(&name("ffn_down.weight"), n_ff, n_embd)?,
             });
         }
-        let norm = source.vector("output_norm.weight", n_embd)?;
+        let norm = source.norm("output_norm.weight", n_embd, layer_norm)?;
         let max_positions = max_positions
             .unwrap_or(DEFAULT_CONTEXT)
             .clamp(1, config.context_length);
@@ -302,26 +372,39 @@ impl Llama {
         let seq = tokens.len();
         let ids = Tensor::new(tokens, &self.device)?;
         let mut x = self.embeddings.embedding(&ids)?.to_dtype(DType::F32)?;
+        if self.config.family.scales_embeddings() {
+            x = (x * (self.config.embedding_length as f64).sqrt())?;
+        }
         let mask = (seq > 1)
             .then(|| causal_mask(seq, start, &self.device))
             .transpose()?;
         let eps = self.config.rms_norm_eps as f32;
         for (index, layer) in self.layers.iter().enumerate() {
-            let h = candle_nn::ops::rms_norm(&x, &layer.attention_norm, eps)?;
+            let h = layer.attention_norm.forward(&x, eps)?;
             let attention = self.attention(index, layer, &h, start, mask.as_ref(), cache)?;
             x = (x + attention)?;
-            let h = candle_nn::ops::rms_norm(&x, &layer.ffn_norm, eps)?;
-            let gate = candle_nn::ops::silu(&layer.gate.forward(&h)?)?;
-            let ff = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
-            x = (x + ff)?;
+            let h = layer.ffn_norm.forward(&x, eps)?;
+            x = (x + self.feed_forward(layer, &h)?)?;
         }
         let x = if all_logits {
             x
         } else {
             x.narrow(0, seq - 1, 1)?
         };
-        let x = candle_nn::ops::rms_norm(&x, &self.norm, eps)?;
+        let x = self.norm.forward(&x, eps)?;
         self.output.forward(&x)?.to_dtype(DType::F32)
+    }
+
+    fn feed_forward(&self, layer: &Layer, h: &Tensor) -> candle_core::Result<Tensor> {
+        let up = layer.up.forward(h)?;
+        let hidden = match (self.config.family.feed_forward(), &layer.gate) {
+            (FeedForward::SiluGated, Some(gate)) => {
+                (candle_nn::ops::silu(&gate.forward(h)?)? * up)?
+            }
+            (FeedForward::GeluGated, Some(gate)) => (gate.forward(h)?.gelu()? * up)?,
+            _ => up.gelu()?,
+        };
+        layer.down.forward(&hidden)
     }
 
     fn attention(
@@ -336,7 +419,7 @@ impl Llama {
         let c = &self.config;
         let seq = x.dim(0)?;
         let group = c.head_count / c.head_count_kv;
-        let heads = |projection: &QMatMul, count: usize| -> candle_core::Result<Tensor> {
+        let heads = |projection: &Linear, count: usize| -> candle_core::Result<Tensor> {
             projection
                 .forward(x)?
                 .reshape((1, seq, count, c.head_dim))?
@@ -370,7 +453,7 @@ impl Llama {
         let y = y
             .reshape((c.head_count, seq, c.head_dim))?
             .transpose(0, 1)?
-            .reshape((seq, c.embedding_length))?;
+            .reshape((seq, c.query_width()))?;
         layer.wo.forward(&y)
     }
 }
@@ -412,17 +495,22 @@ impl Rotations {
         })
     }
 
-    /// Rotates adjacent pairs (GGUF llama weights are laid out for this "normal" RoPE) of the
-    /// first `rope_dimension_count` dims of `x` `[1, heads, seq, head_dim]`.
+    /// Rotates the first `rope_dimension_count` dims of `x` `[1, heads, seq, head_dim]`: adjacent
+    /// pairs for Llama (GGUF llama weights are laid out for this "normal" RoPE), halves for the
+    /// NeoX-style families.
     fn apply(&self, x: &Tensor, start: usize, config: &LlamaConfig) -> candle_core::Result<Tensor> {
         let seq = x.dim(2)?;
         let cos = self.cos.narrow(0, start, seq)?;
         let sin = self.sin.narrow(0, start, seq)?;
+        let rope = match config.family.rope_style() {
+            RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i,
+            RopeStyle::Neox => candle_nn::rotary_emb::rope,
+        };
         let rope_dims = config.rope_dimension_count;
         if rope_dims == config.head_dim {
-            return candle_nn::rotary_emb::rope_i(x, &cos, &sin);
+            return rope(x, &cos, &sin);
         }
-        let rotated = candle_nn::rotary_emb::rope_i(
+        let rotated = rope(
             &x.narrow(D::Minus1, 0, rope_dims)?.contiguous()?,
             &cos,
             &sin,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use super::config::Architecture;
 use super::gguf::{GgufError, GgufFile};
 use super::tokenizer::Tokenizer;
 use crate::prompt::{ChatTemplate, FimTemplate};
@@ -13,6 +14,8 @@ use crate::prompt::{ChatTemplate, FimTemplate};
 pub struct ModelSummary {
     pub name: Option<String>,
     pub architecture: String,
+    /// Whether the engine runs this architecture.
+    pub runs: bool,
     pub vocab_size: Option<usize>,
     pub context_length: Option<u64>,
     /// The type most of the weights are stored in (by bytes), e.g. "Q4_K"; "none" without tensors.
@@ -30,11 +33,15 @@ pub struct ModelSummary {
     pub tokenizer: Option<&'static str>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct FimIds {
+    /// Whose template the tokens follow ("code-llama", "deepseek-coder", "starcoder", …).
+    pub family: &'static str,
     pub prefix: u32,
     pub suffix: u32,
     pub middle: u32,
+    /// The tokens' texts, in the same order.
+    pub pieces: [String; 3],
 }
 
 pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
@@ -69,11 +76,23 @@ pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
         chat_template: tokenizer.as_ref().map(|t| ChatTemplate::detect(t).name()),
         tokenizer: tokenizer.as_ref().map(Tokenizer::kind_name),
         infill: template.is_some(),
-        fim_tokens: template.as_ref().map(|t| FimIds {
-            prefix: t.prefix,
-            suffix: t.suffix,
-            middle: t.middle,
+        fim_tokens: template.as_ref().map(|t| {
+            let piece = |id: u32| {
+                tokenizer
+                    .as_ref()
+                    .and_then(|tokenizer| tokenizer.piece(id))
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            FimIds {
+                family: t.family.name(),
+                prefix: t.prefix,
+                suffix: t.suffix,
+                middle: t.middle,
+                pieces: [piece(t.prefix), piece(t.suffix), piece(t.middle)],
+            }
         }),
+        runs: Architecture::from_name(&architecture).is_some(),
         name,
         architecture,
         context_length,

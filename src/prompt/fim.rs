@@ -49,6 +49,19 @@ pub enum FimFamily {
     PrefixOnly,
 }
 
+impl FimFamily {
+    /// The family's name, as `models info` shows it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::CodeLlama => "code-llama",
+            Self::DeepSeekCoder => "deepseek-coder",
+            Self::StarCoder => "starcoder",
+            Self::QwenStyle => "qwen / codegemma",
+            Self::PrefixOnly => "none (prefix only)",
+        }
+    }
+}
+
 /// The special pieces of each family, as their texts appear in the vocabulary.
 const FAMILIES: [(FimFamily, [&str; 3], &[&str]); 4] = [
     (
