@@ -1,5 +1,6 @@
-//! Chat prompts as token ids: the Llama 2 / Code Llama Instruct template, and ChatML for models
-//! whose vocabulary has `<|im_start|>` (SmolLM2, Qwen, many fine-tunes).
+//! Chat prompts as token ids: the Llama 2 / Code Llama Instruct template, ChatML for models whose
+//! vocabulary has `<|im_start|>` (SmolLM2, Qwen, many fine-tunes), and Gemma's turns for models
+//! with `<start_of_turn>` (Gemma, CodeGemma).
 //!
 //! Control tokens are inserted as ids, never spelled in text: text is tokenized with
 //! `parse_special = false`, so a user's message that contains "</s>" or "<|im_end|>" stays text.
@@ -28,6 +29,13 @@ pub enum ChatTemplate {
         start: u32,
         end: u32,
     },
+    /// `<bos><start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n{answer}…`; Gemma
+    /// has no system role, so the system text opens the first user turn.
+    Gemma {
+        bos: Option<u32>,
+        start: u32,
+        end: u32,
+    },
 }
 
 impl ChatTemplate {
@@ -39,6 +47,12 @@ impl ChatTemplate {
         ) {
             return Self::ChatMl { bos, start, end };
         }
+        if let (Some(start), Some(end)) = (
+            tokenizer.piece_to_id("<start_of_turn>"),
+            tokenizer.piece_to_id("<end_of_turn>"),
+        ) {
+            return Self::Gemma { bos, start, end };
+        }
         Self::Llama2 {
             bos: tokenizer.bos_id().unwrap_or(1),
             eos: tokenizer.eos_id().unwrap_or(2),
@@ -49,6 +63,7 @@ impl ChatTemplate {
         match self {
             Self::Llama2 { .. } => "llama2",
             Self::ChatMl { .. } => "chatml",
+            Self::Gemma { .. } => "gemma",
         }
     }
 
@@ -56,7 +71,7 @@ impl ChatTemplate {
     pub fn stop_ids(&self) -> Vec<u32> {
         match self {
             Self::Llama2 { eos, .. } => vec![*eos],
-            Self::ChatMl { end, .. } => vec![*end],
+            Self::ChatMl { end, .. } | Self::Gemma { end, .. } => vec![*end],
         }
     }
 
@@ -111,6 +126,38 @@ impl ChatTemplate {
                 message("assistant", &chat.answer_prefix, false);
                 ids
             }
+            Self::Gemma { bos, start, end } => {
+                let mut ids: Vec<u32> = bos.into_iter().collect();
+                let newline = tokenizer.encode("\n", false);
+                let mut turn = |role: &str, content: &str, close: bool| {
+                    ids.push(start);
+                    ids.extend(tokenizer.encode(&format!("{role}\n{content}"), false));
+                    if close {
+                        ids.push(end);
+                        ids.extend(&newline);
+                    }
+                };
+                let system = chat.system.trim();
+                let mut users = chat
+                    .turns
+                    .iter()
+                    .map(|(user, _)| user.trim())
+                    .chain(std::iter::once(chat.user.trim()));
+                let first = users.next().unwrap_or_default();
+                let first = if system.is_empty() {
+                    first.to_owned()
+                } else {
+                    format!("{system}\n\n{first}")
+                };
+                let mut users = std::iter::once(first).chain(users.map(str::to_owned));
+                for (_, answer) in &chat.turns {
+                    turn("user", &users.next().unwrap_or_default(), true);
+                    turn("model", answer.trim(), true);
+                }
+                turn("user", &users.next().unwrap_or_default(), true);
+                turn("model", &chat.answer_prefix, false);
+                ids
+            }
         }
     }
 }
@@ -141,6 +188,42 @@ mod tests {
         expected.push(1);
         expected.extend(tokenizer.encode("[INST] Fix it [/INST] ```rust\n", false));
         assert_eq!(ids, expected);
+    }
+
+    #[test]
+    fn gemma_turns_carry_the_system_text_in_the_first_user_turn() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/codellama-lsp-tiny-gemma.gguf");
+        let vocabulary = crate::model::Vocabulary::read(&path).unwrap();
+        let tokenizer = &vocabulary.tokenizer;
+        let template = ChatTemplate::detect(tokenizer);
+        let ChatTemplate::Gemma { bos, start, end } = template else {
+            panic!("{template:?}")
+        };
+        assert_eq!(template.name(), "gemma");
+        let chat = Chat {
+            system: "Be brief.".into(),
+            turns: vec![("Hi".into(), "Hello!".into())],
+            user: "Fix it".into(),
+            answer_prefix: "```".into(),
+        };
+        let mut expected: Vec<u32> = bos.into_iter().collect();
+        let newline = tokenizer.encode("\n", false);
+        for (text, close) in [
+            ("user\nBe brief.\n\nHi", true),
+            ("model\nHello!", true),
+            ("user\nFix it", true),
+            ("model\n```", false),
+        ] {
+            expected.push(start);
+            expected.extend(tokenizer.encode(text, false));
+            if close {
+                expected.push(end);
+                expected.extend(&newline);
+            }
+        }
+        assert_eq!(template.encode(tokenizer, &chat), expected);
+        assert_eq!(template.stop_ids(), [end]);
     }
 
     #[test]
