@@ -367,3 +367,33 @@ fn files_saved_in_the_workspace_feed_the_context_but_ignored_ones_do_not() {
     }
     assert!(client.shutdown().success());
 }
+
+/// The prompt must fit the engine that runs it. Raising `contextTokens` reloads the model, and a
+/// completion sent right after the change may still run on the old engine; a context beyond the
+/// model's training context is clamped by the engine. Either way the prompt used to be built for
+/// the setting and fail with "N tokens do not fit in the context of M tokens".
+#[test]
+fn a_completion_prompt_fits_the_engine_it_runs_on_whatever_the_setting_says() {
+    let mut client = start(
+        json!({"contextTokens": 256, "maxTokens": 8, "deadlineMs": 60000}),
+        json!({}),
+    );
+    // About 3.6k tokens: far more than the first engine's context.
+    let long: String = (0..300)
+        .map(|i| format!("value_{i} = compute({i}) + offset_{i}\n"))
+        .collect();
+    client.open(URI, "python", &long);
+    for (round, context) in [4096, 256, 100_000].into_iter().enumerate() {
+        client.notify(
+            "workspace/didChangeConfiguration",
+            json!({"settings": {"codellama": {"contextTokens": context}}}),
+        );
+        let id = inline(&mut client, 300, 0, 1);
+        let response = client.response(&json!(id));
+        assert!(
+            response.get("error").is_none(),
+            "round {round} (contextTokens {context}): {response}"
+        );
+    }
+    client.assert_clean_stdout();
+}
