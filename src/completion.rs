@@ -148,6 +148,7 @@ impl Completer {
         }
         let line = rope.char_to_line(cursor);
         let line_before = rope.slice(rope.line_to_char(line)..cursor).to_string();
+        self.forget_closed(&request);
         if let Some(rest) = self.typed_ahead(&request.uri, line, &line_before) {
             return Ok((Outcome::Suggestion(rest), Some(Source::TypedAhead)));
         }
@@ -214,6 +215,28 @@ impl Completer {
             self.finish(&request.uri, line, line_before, text),
             Some(Source::Model),
         ))
+    }
+
+    /// Drops the typed-ahead state of documents that are no longer open, so it never outgrows
+    /// the open documents.
+    fn forget_closed(&self, request: &CompletionRequest) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.retain(|uri, _| {
+            uri == &request.uri || request.others.iter().any(|(open, _)| open == uri)
+        });
+    }
+
+    /// How many documents have per-document state here (typed-ahead, context versions), for
+    /// tests that check nothing grows without bound.
+    pub fn tracked_documents(&self) -> usize {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let versions = self
+            .context
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .versions
+            .len();
+        last.max(versions)
     }
 
     fn finish(&self, uri: &str, line: usize, line_before: String, text: Option<String>) -> Outcome {
@@ -297,6 +320,10 @@ impl Completer {
         max_bytes: usize,
     ) -> (String, Vec<String>) {
         let mut state = self.context.lock().unwrap_or_else(|p| p.into_inner());
+        // Closed documents' versions are forgotten (their chunks age out of the bounded ring).
+        state
+            .versions
+            .retain(|uri, _| request.others.iter().any(|(open, _)| open == uri));
         for (uri, document) in &request.others {
             if state.versions.get(uri) != Some(&document.version()) {
                 state.versions.insert(uri.clone(), document.version());
@@ -381,6 +408,37 @@ impl Completer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn closed_documents_leave_no_state_behind() {
+        let completer = Completer::new();
+        for i in 0..1000 {
+            let uri = format!("file:///doc{i}.py");
+            completer.finish(&uri, 0, String::new(), Some("x".into()));
+        }
+        assert_eq!(completer.tracked_documents(), 1000);
+        // The next completion sees which documents are open (this one and one other).
+        let open = |uri: &str| (uri.to_owned(), Document::new("y = 1\n", 1, "python"));
+        let (uri, document) = open("file:///doc7.py");
+        let request = CompletionRequest {
+            uri,
+            document,
+            cursor: 0,
+            automatic: false,
+            others: vec![open("file:///other.py")],
+        };
+        let host = ModelHost::new(); // no model: the request ends after its bookkeeping
+        let settings = Settings {
+            workspace_context: true,
+            ..Settings::default()
+        };
+        let _ = completer.complete(request, &settings, &host).await;
+        assert!(
+            completer.tracked_documents() <= 2,
+            "{}",
+            completer.tracked_documents()
+        );
+    }
 
     #[test]
     fn typing_the_start_of_the_last_suggestion_serves_the_rest() {

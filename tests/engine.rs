@@ -207,3 +207,18 @@ async fn stop_strings_end_the_generation_and_are_not_returned() {
     let expected_end = plain.text.find(&stop).unwrap();
     assert_eq!(result.generation.text, plain.text[..expected_end]);
 }
+
+#[tokio::test]
+async fn finished_jobs_leave_no_supersede_keys_behind() {
+    let engine = Engine::start(model()).unwrap();
+    for i in 0..200 {
+        let mut job = request(&PROMPT, 1);
+        job.supersede_key = Some(format!("file:///doc{i}.py"));
+        engine.submit(job).finish().await.unwrap();
+    }
+    let mut last = request(&PROMPT, 1);
+    last.supersede_key = Some("file:///last.py".into());
+    let handle = engine.submit(last);
+    assert!(engine.tracked_keys() <= 1, "{} keys", engine.tracked_keys());
+    handle.finish().await.unwrap();
+}

@@ -25,6 +25,8 @@ use crate::remote::RemoteSpec;
 const RUNNING: u8 = 0;
 const CANCELLED: u8 = 1;
 const SUPERSEDED: u8 = 2;
+/// The job has sent its result (nothing can stop it any more).
+const FINISHED: u8 = 3;
 
 /// What a job reports, in order: zero or more `Text` pieces, then exactly one `Finished`.
 #[derive(Debug)]
@@ -126,6 +128,9 @@ impl Job {
     }
 
     pub(crate) fn finish(&self, result: Result<JobResult, String>) {
+        let _ =
+            self.control
+                .compare_exchange(RUNNING, FINISHED, Ordering::SeqCst, Ordering::SeqCst);
         let _ = self.events.send(JobEvent::Finished(result));
     }
 }
@@ -176,6 +181,14 @@ impl Engine {
         })
     }
 
+    /// How many supersede keys the engine tracks (jobs still running or queued), for tests.
+    pub fn tracked_keys(&self) -> usize {
+        self.latest_by_key
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
     /// Whether jobs run on an inference server (whose failures are the server's, not the job's).
     pub fn is_remote(&self) -> bool {
         matches!(self.jobs, Queue::Remote(_))
@@ -185,6 +198,9 @@ impl Engine {
         let control = Arc::new(AtomicU8::new(RUNNING));
         if let Some(key) = request.supersede_key {
             let mut latest = self.latest_by_key.lock().unwrap_or_else(|p| p.into_inner());
+            // Keys of jobs that ended are forgotten, so the map holds only live work (one entry
+            // per document with a completion in flight), however many documents come and go.
+            latest.retain(|_, control| control.load(Ordering::SeqCst) == RUNNING);
             if let Some(previous) = latest.insert(key, control.clone()) {
                 let _ = previous.compare_exchange(
                     RUNNING,
