@@ -120,8 +120,9 @@ fn drop_closers_the_suffix_has(text: &str, line_before: &str, rest_of_line: &str
     text.to_owned()
 }
 
+/// The leading spaces and tabs of a line (never its line break: a blank line has none).
 fn indentation(line: &str) -> &str {
-    &line[..line.len() - line.trim_start().len()]
+    &line[..line.len() - line.trim_start_matches([' ', '\t']).len()]
 }
 
 fn width(indent: &str) -> usize {
@@ -249,6 +250,21 @@ mod tests {
             "def fib(n):\n    if n < 2:\n        |",
             "return n\n    return fib(n - 1) + fib(n - 2)\n",
             Some("return n"),
+        );
+    }
+
+    #[test]
+    fn blank_lines_inside_a_suggestion_stay_blank() {
+        // Found by `eval` on SmolLM2: the blank line was lost and a space added to the next one.
+        check(
+            "def setup():\n    |\n",
+            "x = 1\n\n    y = 2\n",
+            Some("x = 1\n\n    y = 2"),
+        );
+        check(
+            "fn main() {\n\t|\n}\n",
+            "let a = 1;\n\n\tlet b = 2;\n}",
+            Some("let a = 1;\n\n\tlet b = 2;"),
         );
     }
 
