@@ -10,6 +10,7 @@ pub mod completion;
 pub mod context;
 pub mod document;
 pub mod engine;
+pub mod eval;
 pub mod fixtures;
 pub mod lsp;
 pub mod model;

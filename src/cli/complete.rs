@@ -118,13 +118,11 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         ..Settings::default()
     };
     let vocabulary = Vocabulary::read(&model_path)?;
-    let template = match FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name) {
-        Ok(template) => template,
-        Err(problem) => {
-            eprintln!("codellama-lsp: note: {problem}");
-            FimTemplate::prefix_only()
-        }
-    };
+    let (template, note) =
+        FimTemplate::detect_or_prefix_only(&vocabulary.tokenizer, &vocabulary.name);
+    if let Some(note) = note {
+        eprintln!("codellama-lsp: note: {note}");
+    }
     let window = WindowConfig {
         budget_tokens: settings.prompt_budget(),
         prefix_share: settings.prefix_share,

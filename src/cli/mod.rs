@@ -15,6 +15,7 @@ use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 mod assist_commands;
 mod backend;
 mod complete;
+mod eval;
 mod model_commands;
 mod models;
 mod typing_bench;
@@ -34,6 +35,8 @@ Examples:
   echo 'def f():' | codellama-lsp tokenize --model model.gguf
   codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
   codellama-lsp bench --model model.gguf --json
+  codellama-lsp eval --model model.gguf --seed 1 --report a.json
+                                     Score completions on holes punched into real code
   codellama-lsp models pull          Download the default model (Code Llama 7B Instruct Q4_K_M)
   codellama-lsp models info TheBloke/CodeLlama-7B-GGUF:codellama-7b.Q4_K_M.gguf --json
   codellama-lsp --log-level debug    Run the server with detailed logs on stderr
@@ -79,6 +82,8 @@ pub enum Command {
     /// Measure prefill and decode speed, the cost of a keystroke with and without KV reuse, and
     /// peak memory.
     Bench(model_commands::BenchArgs),
+    /// Measure completion quality: holes punched into real code, filled by the model, scored.
+    Eval(eval::EvalArgs),
     /// Write the project's tiny deterministic test models (for developers).
     Fixtures(model_commands::FixturesArgs),
 }
@@ -152,6 +157,7 @@ pub fn main() -> i32 {
         Command::Tokenize(args) => model_commands::tokenize(&args),
         Command::Generate(args) => model_commands::generate(&args),
         Command::Bench(args) => model_commands::bench(&args),
+        Command::Eval(args) => eval::run(&args),
         Command::Fixtures(args) => model_commands::fixtures(&args),
     };
     match outcome {

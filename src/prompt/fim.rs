@@ -110,6 +110,17 @@ impl FimTemplate {
         }
     }
 
+    /// The model's infilling template, or prefix-only completion (and why) when it has none.
+    pub fn detect_or_prefix_only(
+        tokenizer: &Tokenizer,
+        model_name: &str,
+    ) -> (Self, Option<String>) {
+        match Self::detect(tokenizer, model_name) {
+            Ok(template) => (template, None),
+            Err(problem) => (Self::prefix_only(), Some(problem)),
+        }
+    }
+
     /// Whether prompts hold the text before the cursor only.
     pub fn is_prefix_only(&self, order: FimOrder) -> bool {
         self.family == FimFamily::PrefixOnly || order == FimOrder::None
