@@ -156,6 +156,22 @@ fn contradictory_or_absurd_hyper_parameters_are_rejected_before_allocating() {
         ),
     ];
     for (key, value, expected) in cases {
+        // `models verify` refuses what loading refuses, with the same reason.
+        let verify_path = scratch.0.join("verify.gguf");
+        std::fs::write(&verify_path, with_metadata(&[(key, value.clone())])).unwrap();
+        let verify = std::process::Command::new(env!("CARGO_BIN_EXE_codellama-lsp"))
+            .args(["models", "verify"])
+            .arg(&verify_path)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&verify.stderr);
+        assert_eq!(
+            verify.status.code(),
+            Some(1),
+            "verify accepted {key} = {value:?}: {stderr}"
+        );
+        assert!(stderr.contains(expected), "verify of {key}: {stderr}");
         let error = scratch
             .load(&with_metadata(&[(key, value.clone())]))
             .unwrap_or_else(|| panic!("{key} = {value:?} loaded"));

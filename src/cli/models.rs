@@ -289,6 +289,19 @@ fn verify(path: &std::path::Path) -> Result<()> {
         bail!("{}: {}", path.display(), problems.join("; "));
     }
     tokenizer_for(&gguf)?;
+    // Everything loading checks, verify checks: the same load, on the CPU with a tiny context
+    // (architecture, hyper-parameters against the tensors, every tensor's presence, shape and
+    // type). A vocabulary-only file has nothing to load; it serves as a remote backend's
+    // tokenizer.
+    let vocabulary_only = gguf.tensors.is_empty();
+    if !vocabulary_only {
+        crate::model::LoadedModel::load(path, &candle_core::Device::Cpu, Some(16))?;
+    }
+    let what = if vocabulary_only {
+        "a vocabulary only (a remote backend's tokenizer; not a model to run)".to_owned()
+    } else {
+        format!("{} tensors that load", gguf.tensors.len())
+    };
     let digest =
         store::sha256_file(path).with_context(|| format!("cannot read {}", path.display()))?;
     match store::published_sha256(path) {
@@ -297,15 +310,10 @@ fn verify(path: &std::path::Path) -> Result<()> {
             path.display()
         ),
         Some(_) => println!(
-            "ok: {} tensors in {}, sha256 {digest} (matches the published checksum)",
-            gguf.tensors.len(),
+            "ok: {what}, {}, sha256 {digest} (matches the published checksum)",
             gigabytes(gguf.file_len)
         ),
-        None => println!(
-            "ok: {} tensors in {}, sha256 {digest}",
-            gguf.tensors.len(),
-            gigabytes(gguf.file_len)
-        ),
+        None => println!("ok: {what}, {}, sha256 {digest}", gigabytes(gguf.file_len)),
     }
     Ok(())
 }
