@@ -222,3 +222,30 @@ async fn finished_jobs_leave_no_supersede_keys_behind() {
     assert!(engine.tracked_keys() <= 1, "{} keys", engine.tracked_keys());
     handle.finish().await.unwrap();
 }
+
+/// A prefill cut by its deadline goes on in the background, so the next request with the same
+/// start finds it cached (the first keystrokes after opening a big file used to answer nothing,
+/// each advancing the prefill by one chunk); a new job interrupts it at once.
+#[tokio::test]
+async fn a_prefill_cut_by_the_deadline_continues_in_the_background() {
+    let engine = Engine::start(model()).unwrap();
+    let prompt: Vec<u32> = std::iter::once(1)
+        .chain((0..1500u32).map(|i| 300 + (i * 7919) % 30000))
+        .collect();
+    let mut cut = request(&prompt, 4);
+    cut.generation.deadline = Some(std::time::Instant::now());
+    let result = engine.submit(cut).finish().await.unwrap();
+    assert_eq!(result.generation.finish, FinishReason::Deadline);
+    assert!(result.generation.ids.is_empty());
+    // Give the background prefill time to finish (the fixture evaluates 1500 tokens in well
+    // under a second), then ask again without a deadline.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let again = engine.submit(request(&prompt, 4)).finish().await.unwrap();
+    assert_eq!(
+        again.generation.reused_tokens,
+        prompt.len() - 1,
+        "{:?}",
+        again.generation
+    );
+    assert_eq!(again.generation.ids.len(), 4);
+}

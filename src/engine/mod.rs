@@ -239,7 +239,16 @@ fn stop_cause(control: &AtomicU8) -> Option<StopCause> {
 }
 
 fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
-    while let Ok(job) = queue.recv() {
+    // A job that arrived while the worker prefilled in the background.
+    let mut arrived: Option<Job> = None;
+    loop {
+        let job = match arrived.take() {
+            Some(job) => job,
+            None => match queue.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            },
+        };
         // A job stopped while it waited in the queue costs nothing.
         if let Some(result) = job.stopped_before_start() {
             job.finish(Ok(result));
@@ -267,6 +276,45 @@ fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
                 Err("internal error in the engine (see the log)".into())
             }
         };
+        let cut_prefill = matches!(&result, Ok(r) if r.generation.finish == FinishReason::Deadline
+            && r.generation.ids.is_empty());
         job.finish(result);
+        if cut_prefill {
+            arrived = prefill_in_background(&model, &mut cache, &job.request.prompt, &queue);
+        }
     }
+}
+
+/// Goes on evaluating `prompt` into the cache after its job returned at its deadline, so the
+/// next request (whose prompt usually starts the same) finds it cached — until that request
+/// arrives, which is returned to be served at once.
+fn prefill_in_background(
+    model: &LoadedModel,
+    cache: &mut KvCache,
+    prompt: &[u32],
+    queue: &mpsc::Receiver<Job>,
+) -> Option<Job> {
+    // Small chunks: a new job waits at most one of them.
+    const CHUNK: usize = 32;
+    let target = prompt.len().saturating_sub(1);
+    if cache.common_prefix(prompt) < cache.len() {
+        return None; // the cache no longer holds this prompt's start
+    }
+    while cache.len() < target {
+        match queue.try_recv() {
+            Ok(job) => return Some(job),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let end = (cache.len() + CHUNK).min(target);
+        let chunk = &prompt[cache.len()..end];
+        let evaluated = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            model.llama.forward(chunk, cache, false).map(drop)
+        }));
+        if !matches!(evaluated, Ok(Ok(()))) {
+            cache.clear();
+            return None;
+        }
+    }
+    None
 }

@@ -104,13 +104,29 @@ pub fn generate(
     };
 
     let mut logits = None;
-    for chunk in prompt[reused..].chunks(PREFILL_CHUNK) {
+    let mut pace = PrefillPace::default();
+    let mut at = reused;
+    while at < prompt.len() {
         if let Some(reason) = interrupted(request.deadline) {
             generation.finish = reason;
             generation.prefill_ms = millis(start.elapsed());
             return Ok(generation);
         }
-        logits = Some(model.llama.forward(chunk, cache, false)?);
+        // Near the deadline the chunks shrink to what still fits, so a cut prefill returns on
+        // time rather than one whole chunk late.
+        let left = request
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        let Some(size) = pace.next_chunk(left) else {
+            generation.finish = FinishReason::Deadline;
+            generation.prefill_ms = millis(start.elapsed());
+            return Ok(generation);
+        };
+        let end = (at + size).min(prompt.len());
+        let began = Instant::now();
+        logits = Some(model.llama.forward(&prompt[at..end], cache, false)?);
+        pace.record(end - at, began.elapsed());
+        at = end;
     }
     let prefill_end = Instant::now();
     generation.prefill_ms = millis(prefill_end - start);
@@ -159,6 +175,46 @@ pub fn generate(
     generation.finish = finish;
     generation.decode_ms = millis(prefill_end.elapsed());
     Ok(generation)
+}
+
+/// The smallest prefill chunk worth a forward call.
+const MIN_PREFILL_CHUNK: usize = 16;
+
+/// How fast prefill goes, to size chunks so that a deadline cuts between them in time.
+#[derive(Debug, Default)]
+pub struct PrefillPace {
+    /// Seconds per prompt token, from the chunks evaluated so far.
+    seconds_per_token: Option<f64>,
+}
+
+impl PrefillPace {
+    pub fn record(&mut self, tokens: usize, took: Duration) {
+        if tokens > 0 {
+            let pace = took.as_secs_f64() / tokens as f64;
+            // Recent chunks count most (the cache grows, so later tokens cost a little more).
+            self.seconds_per_token = Some(match self.seconds_per_token {
+                Some(previous) => 0.5 * previous + 0.5 * pace,
+                None => pace,
+            });
+        }
+    }
+
+    /// The next chunk's size with `left` time before the deadline (`None`: no deadline), or
+    /// `None` when not even a minimal chunk fits any more. Before anything was measured the
+    /// first chunk is a small probe.
+    pub fn next_chunk(&self, left: Option<Duration>) -> Option<usize> {
+        let Some(left) = left else {
+            return Some(PREFILL_CHUNK);
+        };
+        let Some(pace) = self.seconds_per_token else {
+            return Some(MIN_PREFILL_CHUNK * 2);
+        };
+        let fits = (left.as_secs_f64() / pace.max(1e-9)) as usize;
+        if fits < MIN_PREFILL_CHUNK {
+            return None;
+        }
+        Some(fits.min(PREFILL_CHUNK))
+    }
 }
 
 /// Generated text as it grows: cut at the first stop string, and released to `on_text` only
@@ -248,6 +304,22 @@ fn millis(duration: Duration) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prefill_chunks_shrink_to_what_fits_before_the_deadline() {
+        let mut pace = PrefillPace::default();
+        assert_eq!(pace.next_chunk(None), Some(PREFILL_CHUNK));
+        // Unmeasured: a small probe first.
+        assert_eq!(pace.next_chunk(Some(Duration::from_secs(1))), Some(32));
+        pace.record(32, Duration::from_millis(32)); // 1 ms a token
+        assert_eq!(
+            pace.next_chunk(Some(Duration::from_secs(10))),
+            Some(PREFILL_CHUNK)
+        );
+        assert_eq!(pace.next_chunk(Some(Duration::from_millis(100))), Some(100));
+        assert_eq!(pace.next_chunk(Some(Duration::from_millis(10))), None);
+        assert_eq!(pace.next_chunk(None), Some(PREFILL_CHUNK));
+    }
 
     #[test]
     fn stop_strings_are_found_across_the_emitted_border() {
