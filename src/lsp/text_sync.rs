@@ -48,8 +48,9 @@ fn apply_params(session: &Session, method: &str, params: serde_json::Value) -> R
                 serde_json::from_value(params).map_err(invalid)?;
             let item = params.text_document;
             let document = Document::new(&item.text, item.version, item.language_id);
-            session.open(item.uri.as_str().to_owned(), document);
-            Ok(())
+            session
+                .open(item.uri.as_str().to_owned(), document)
+                .map_err(|error| error.to_string())
         }
         DID_CHANGE => {
             let params: DidChangeTextDocumentParams =
