@@ -321,9 +321,9 @@ impl Completer {
     ) -> (String, Vec<String>) {
         let mut state = self.context.lock().unwrap_or_else(|p| p.into_inner());
         // Closed documents' versions are forgotten (their chunks age out of the bounded ring).
-        state
-            .versions
-            .retain(|uri, _| request.others.iter().any(|(open, _)| open == uri));
+        state.versions.retain(|uri, _| {
+            uri == &request.uri || request.others.iter().any(|(open, _)| open == uri)
+        });
         for (uri, document) in &request.others {
             if state.versions.get(uri) != Some(&document.version()) {
                 state.versions.insert(uri.clone(), document.version());

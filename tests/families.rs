@@ -162,6 +162,15 @@ fn every_family_matches_llama_cpp_by_the_committed_reference() {
         let f = load(family);
         // Tokenization.
         let texts = texts();
+        let expected_counts = (texts.len(), holes().len());
+        let counts = (
+            entry["tokens"].as_array().unwrap().len(),
+            entry["infill"].as_array().unwrap().len(),
+        );
+        assert_eq!(
+            counts, expected_counts,
+            "{REFERENCE} is out of date: rewrite it with CODELLAMA_WRITE_REFERENCE=1 and a llama-server"
+        );
         for (text, ids) in texts.iter().zip(entry["tokens"].as_array().unwrap()) {
             let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
             assert_eq!(f.tokenizer.encode(text, false), ids, "{family:?}: {text:?}");

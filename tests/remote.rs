@@ -407,5 +407,13 @@ fn a_cancelled_request_closes_its_http_request() {
     client.notify("$/cancelRequest", json!({"id": id}));
     let response = client.response(&json!(id));
     assert!(start.elapsed() < Duration::from_secs(5), "{response}");
+    // The server side sees the connection close: it would stop generating.
+    while fake.abandoned.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the HTTP request stayed open after the cancel"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     client.assert_clean_stdout();
 }

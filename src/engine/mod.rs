@@ -17,7 +17,7 @@ use std::thread;
 
 use tokio::sync::mpsc as async_mpsc;
 
-use crate::model::generate::{FinishReason, Generation, GenerationRequest, generate};
+use crate::model::generate::{FinishReason, Generation, GenerationRequest, PrefillPace, generate};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{KvCache, LoadedModel, ModelError};
 use crate::remote::RemoteSpec;
@@ -294,8 +294,9 @@ fn prefill_in_background(
     prompt: &[u32],
     queue: &mpsc::Receiver<Job>,
 ) -> Option<Job> {
-    // Small chunks: a new job waits at most one of them.
-    const CHUNK: usize = 32;
+    // Chunks of about 50 ms of work (measured as it goes): a new job waits at most one.
+    const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut pace = PrefillPace::default();
     let target = prompt.len().saturating_sub(1);
     if cache.common_prefix(prompt) < cache.len() {
         return None; // the cache no longer holds this prompt's start
@@ -306,8 +307,11 @@ fn prefill_in_background(
             Err(mpsc::TryRecvError::Disconnected) => return None,
             Err(mpsc::TryRecvError::Empty) => {}
         }
-        let end = (cache.len() + CHUNK).min(target);
+        let remaining = target - cache.len();
+        let size = pace.next_chunk(Some(SLICE), remaining).unwrap_or(4);
+        let end = (cache.len() + size).min(target);
         let chunk = &prompt[cache.len()..end];
+        let began = std::time::Instant::now();
         let evaluated = std::panic::catch_unwind(AssertUnwindSafe(|| {
             model.llama.forward(chunk, cache, false).map(drop)
         }));
@@ -315,6 +319,7 @@ fn prefill_in_background(
             cache.clear();
             return None;
         }
+        pace.record(chunk.len(), began.elapsed());
     }
     None
 }

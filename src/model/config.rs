@@ -115,6 +115,7 @@ pub struct LlamaConfig {
 const MAX_DIM: usize = 1 << 20;
 const MAX_LAYERS: usize = 1024;
 const MAX_HEADS: usize = 4096;
+const MAX_HEAD_DIM: usize = 1024;
 
 impl LlamaConfig {
     /// The width of all query heads together (the embedding width, except for Gemma 7B-like
@@ -203,7 +204,14 @@ impl LlamaConfig {
             Some(length) => length as usize,
             None => embedding_length / head_count,
         };
-        in_range("attention.key_length", head_dim, MAX_DIM)?;
+        // Real heads are at most 256 wide; the bound keeps the query width (and the KV cache) in
+        // proportion to the model even when the head size does not come from the width.
+        in_range("attention.key_length", head_dim, MAX_HEAD_DIM)?;
+        if head_count * head_dim > 8 * embedding_length {
+            return Err(invalid(format!(
+                "{head_count} heads of {head_dim} are far wider than the embedding ({embedding_length})"
+            )));
+        }
         if head_dim % 2 != 0 {
             return Err(invalid(format!("the head size {head_dim} must be even")));
         }

@@ -117,7 +117,7 @@ pub fn generate(
         let left = request
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
-        let Some(size) = pace.next_chunk(left) else {
+        let Some(size) = pace.next_chunk(left, prompt.len() - at) else {
             generation.finish = FinishReason::Deadline;
             generation.prefill_ms = millis(start.elapsed());
             return Ok(generation);
@@ -199,10 +199,10 @@ impl PrefillPace {
         }
     }
 
-    /// The next chunk's size with `left` time before the deadline (`None`: no deadline), or
-    /// `None` when not even a minimal chunk fits any more. Before anything was measured the
-    /// first chunk is a small probe.
-    pub fn next_chunk(&self, left: Option<Duration>) -> Option<usize> {
+    /// The next chunk's size with `left` time before the deadline (`None`: no deadline) and
+    /// `remaining` prompt tokens, or `None` when not even a minimal chunk (or the rest, if
+    /// smaller) fits any more. Before anything was measured the first chunk is a small probe.
+    pub fn next_chunk(&self, left: Option<Duration>, remaining: usize) -> Option<usize> {
         let Some(left) = left else {
             return Some(PREFILL_CHUNK);
         };
@@ -210,7 +210,7 @@ impl PrefillPace {
             return Some(MIN_PREFILL_CHUNK * 2);
         };
         let fits = (left.as_secs_f64() / pace.max(1e-9)) as usize;
-        if fits < MIN_PREFILL_CHUNK {
+        if fits < MIN_PREFILL_CHUNK.min(remaining) {
             return None;
         }
         Some(fits.min(PREFILL_CHUNK))
@@ -308,17 +308,20 @@ mod tests {
     #[test]
     fn prefill_chunks_shrink_to_what_fits_before_the_deadline() {
         let mut pace = PrefillPace::default();
-        assert_eq!(pace.next_chunk(None), Some(PREFILL_CHUNK));
+        assert_eq!(pace.next_chunk(None, 1000), Some(PREFILL_CHUNK));
         // Unmeasured: a small probe first.
-        assert_eq!(pace.next_chunk(Some(Duration::from_secs(1))), Some(32));
-        pace.record(32, Duration::from_millis(32)); // 1 ms a token
         assert_eq!(
-            pace.next_chunk(Some(Duration::from_secs(10))),
-            Some(PREFILL_CHUNK)
+            pace.next_chunk(Some(Duration::from_secs(1)), 1000),
+            Some(32)
         );
-        assert_eq!(pace.next_chunk(Some(Duration::from_millis(100))), Some(100));
-        assert_eq!(pace.next_chunk(Some(Duration::from_millis(10))), None);
-        assert_eq!(pace.next_chunk(None), Some(PREFILL_CHUNK));
+        pace.record(32, Duration::from_millis(32)); // 1 ms a token
+        let ms = Duration::from_millis;
+        assert_eq!(pace.next_chunk(Some(ms(10_000)), 1000), Some(PREFILL_CHUNK));
+        assert_eq!(pace.next_chunk(Some(ms(100)), 1000), Some(100));
+        assert_eq!(pace.next_chunk(Some(ms(10)), 1000), None);
+        // The last few tokens still go in if they fit.
+        assert_eq!(pace.next_chunk(Some(ms(10)), 8), Some(10));
+        assert_eq!(pace.next_chunk(None, 1000), Some(PREFILL_CHUNK));
     }
 
     #[test]

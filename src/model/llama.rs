@@ -150,15 +150,17 @@ impl TensorSource<'_> {
     /// A norm's weight and, for LayerNorm families, its bias (zero when the file has none).
     fn norm(&self, name: &str, len: usize, layer_norm: bool) -> Result<Norm, ModelError> {
         let weight = self.vector(name, len)?;
+        if !layer_norm {
+            // RMSNorm families have no norm bias; a stray one must not turn this into LayerNorm.
+            return Ok(Norm { weight, bias: None });
+        }
         let bias = match self.optional_vector(&name.replace(".weight", ".bias"), len)? {
-            Some(bias) => Some(bias),
-            None if layer_norm => Some(
-                weight
-                    .zeros_like()
-                    .map_err(|error| ModelError::candle("a zero norm bias", error))?,
-            ),
-            None => None,
+            Some(bias) => bias,
+            None => weight
+                .zeros_like()
+                .map_err(|error| ModelError::candle("a zero norm bias", error))?,
         };
+        let bias = Some(bias);
         Ok(Norm { weight, bias })
     }
 

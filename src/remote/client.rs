@@ -25,6 +25,8 @@ use crate::model::tokenizer::{TokenStream, Tokenizer};
 const POLL: Duration = Duration::from_millis(10);
 /// The most of an error answer we read.
 const MAX_ERROR_BODY: usize = 64 << 10;
+/// How long a complete answer waits for the server's last event (its statistics).
+const STATISTICS_WAIT: Duration = Duration::from_millis(200);
 /// The largest non-streamed answer we accept.
 const MAX_JSON_ANSWER: usize = 8 << 20;
 
@@ -33,6 +35,18 @@ struct Worker {
     spec: RemoteSpec,
     tokenizer: Tokenizer,
     stop_tokens: Vec<u32>,
+    /// The API's model name: configured, or asked of the server (`GET /v1/models`) by the first
+    /// request that needs it — the server may not have been up when we connected.
+    model_name: std::sync::Mutex<Option<String>>,
+}
+
+impl Worker {
+    fn model_name(&self) -> Option<String> {
+        self.model_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// Starts the worker thread; jobs sent to the returned queue run concurrently (the server
@@ -50,6 +64,7 @@ pub(crate) fn start_worker(
     let (jobs, mut queue) = async_mpsc::unbounded_channel::<Job>();
     let worker = Arc::new(Worker {
         http,
+        model_name: std::sync::Mutex::new(spec.model.clone()),
         spec,
         tokenizer,
         stop_tokens,
@@ -131,11 +146,29 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
             .iter()
             .filter(|&&id| !worker.stop_tokens.contains(&id)),
     );
+    let mut model_name = worker.model_name();
+    if model_name.is_none() && spec.kind != RemoteKind::LlamaServer {
+        match wait(job, timeout, probe(spec)).await {
+            Wait::Ready(Ok(facts)) => {
+                model_name = facts.model_name;
+                *worker.model_name.lock().unwrap_or_else(|p| p.into_inner()) = model_name.clone();
+            }
+            Wait::Ready(Err(problem)) => return Err(problem),
+            Wait::Stop(reason) => return Ok(stopped_early(job, reason, start)),
+            Wait::TimedOut => {}
+        }
+        if model_name.is_none() {
+            return Err(format!(
+                "no model name for the {} API: the server lists none at /v1/models; set the backend's \"model\"",
+                spec.kind.name()
+            ));
+        }
+    }
     let prompt_text =
         (!spec.kind.takes_token_ids()).then(|| worker.tokenizer.prompt_text(&request.prompt));
     let body = protocol::request_body(&Ask {
         kind: spec.kind,
-        model: spec.model.as_deref(),
+        model: model_name.as_deref(),
         request,
         prompt_text: prompt_text.as_deref(),
         stop_tokens: &stop_tokens,
@@ -157,24 +190,18 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
         prefill_ms: 0.0,
         decode_ms: 0.0,
     };
-    let stopped = |mut generation: Generation, reason: FinishReason| {
-        generation.finish = reason;
-        generation.prefill_ms = millis(start.elapsed());
-        JobResult {
-            stopped_by: job.stop_cause(),
-            generation,
-        }
-    };
     let response = match wait(job, timeout, http.send()).await {
         Wait::Ready(response) => response.map_err(describe_send_error)?,
-        Wait::Stop(reason) => return Ok(stopped(generation, reason)),
+        Wait::Stop(reason) => return Ok(stopped_early(job, reason, start)),
         Wait::TimedOut => return Err(silent()),
     };
     let status = response.status();
     if !status.is_success() {
         let body = match wait(job, timeout, read_some(response, MAX_ERROR_BODY)).await {
             Wait::Ready(body) => body,
-            _ => String::new(),
+            // Abandoned meanwhile: nobody is waiting for the error any more.
+            Wait::Stop(reason) => return Ok(stopped_early(job, reason, start)),
+            Wait::TimedOut => String::new(),
         };
         return Err(protocol::http_error(status.as_u16(), &body));
     }
@@ -199,50 +226,79 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
     // Where the answer ends by our own rules (a stop token or string, maxTokens).
     let mut ours: Option<FinishReason> = None;
     let mut after_ours = 0;
+    // Once the answer is complete by our rules, trouble while waiting for the server's last
+    // event (its statistics) no longer matters: the answer stands.
+    macro_rules! fail {
+        ($label:lifetime, $ours:expr, $problem:expr) => {
+            match $ours {
+                Some(done) => break $label done,
+                None => return Err($problem),
+            }
+        };
+    }
+    // Silence is measured from the last event with content: keep-alive comments do not count.
+    let mut last_progress = Instant::now();
     let finish = 'stream: loop {
-        let (events, ended) = match wait(job, timeout, body.next()).await {
+        let patience = if ours.is_some() {
+            STATISTICS_WAIT
+        } else {
+            timeout.saturating_sub(last_progress.elapsed())
+        };
+        let (events, ended) = match wait(job, patience, body.next()).await {
             Wait::Ready(Some(Ok(bytes))) => {
                 first_bytes.get_or_insert_with(Instant::now);
                 match &mut whole_json {
                     Some(gathered) if gathered.len() + bytes.len() > MAX_JSON_ANSWER => {
-                        return Err("the server's answer is larger than 8 MB".into());
+                        fail!('stream, ours, "the server's answer is larger than 8 MB".into());
                     }
                     Some(gathered) => {
                         gathered.extend_from_slice(&bytes);
                         (Vec::new(), false)
                     }
-                    None => (reader.push(&bytes)?, false),
+                    None => match reader.push(&bytes) {
+                        Ok(events) => (events, false),
+                        Err(problem) => fail!('stream, ours, problem),
+                    },
                 }
             }
-            Wait::Ready(Some(Err(error))) => {
-                return Err(format!(
+            Wait::Ready(Some(Err(error))) => fail!(
+                'stream,
+                ours,
+                format!(
                     "the connection broke during the answer: {}",
                     root_cause(&error)
-                ));
-            }
+                )
+            ),
             Wait::Ready(None) => {
                 let events = match whole_json.take() {
                     Some(gathered) => {
                         vec![Event::Data(String::from_utf8_lossy(&gathered).into_owned())]
                     }
-                    None => std::mem::take(&mut reader).finish()?,
+                    None => match std::mem::take(&mut reader).finish() {
+                        Ok(events) => events,
+                        Err(problem) => fail!('stream, ours, problem),
+                    },
                 };
                 (events, true)
             }
-            Wait::Stop(reason) => break reason,
-            Wait::TimedOut => return Err(silent()),
+            Wait::Stop(reason) => break ours.unwrap_or(reason),
+            Wait::TimedOut => fail!('stream, ours, silent()),
         };
         for event in events {
             let chunk: Chunk = match event {
-                Event::Data(payload) => protocol::parse_chunk(spec.kind, &payload)?,
+                Event::Data(payload) => match protocol::parse_chunk(spec.kind, &payload) {
+                    Ok(chunk) => chunk,
+                    Err(problem) => fail!('stream, ours, problem),
+                },
                 Event::Error(payload) => {
                     let message = serde_json::from_str(&payload)
                         .ok()
                         .and_then(|value| protocol::error_in(&value))
                         .unwrap_or(payload);
-                    return Err(message);
+                    fail!('stream, ours, message);
                 }
             };
+            last_progress = Instant::now();
             if chunk.usage.is_some() {
                 usage = chunk.usage.clone();
             }
@@ -274,8 +330,7 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
             }
         }
         if ours.is_some() {
-            // The answer is complete here; the server's last event (with its statistics) comes
-            // right after, unless it keeps generating: then it is not waited for.
+            // The server keeps generating past our stop: its statistics are not waited for.
             after_ours += 1;
             if after_ours > 4 {
                 break ours.unwrap_or(FinishReason::EndOfText);
@@ -312,6 +367,22 @@ async fn generate(worker: &Worker, job: &Job) -> Result<JobResult, String> {
         generation,
         stopped_by,
     })
+}
+
+/// The result of a job that stopped (cancel, newer request, deadline) before any answer came.
+fn stopped_early(job: &Job, reason: FinishReason, start: Instant) -> JobResult {
+    JobResult {
+        generation: Generation {
+            ids: Vec::new(),
+            text: String::new(),
+            finish: reason,
+            prompt_tokens: job.request.prompt.len(),
+            reused_tokens: 0,
+            prefill_ms: millis(start.elapsed()),
+            decode_ms: 0.0,
+        },
+        stopped_by: job.stop_cause(),
+    }
 }
 
 /// Adds a chunk's text to the answer: its ids decoded here (exactly as a local generation),

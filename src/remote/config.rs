@@ -97,9 +97,8 @@ impl RemoteSpec {
                 && !name.starts_with(|c: char| c.is_ascii_digit())
                 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !valid {
-                return Err(format!(
-                    "backend apiKeyEnv must be the name of an environment variable, like CODELLAMA_API_KEY (got '{name}'); put the key itself in that variable, never in settings"
-                ));
+                // Not echoed: what was given may be the key itself.
+                return Err("backend apiKeyEnv must be the name of an environment variable, like CODELLAMA_API_KEY; put the key itself in that variable, never in settings".into());
             }
         }
         if self.timeout_ms == 0 || self.timeout_ms > 600_000 {
@@ -134,7 +133,8 @@ impl RemoteSpec {
         match std::env::var(name) {
             Ok(key) if !key.trim().is_empty() => Ok(Some(key.trim().to_owned())),
             _ => Err(format!(
-                "the backend's API key is read from the environment variable {name}, which is not set in the server's environment: set it where the editor starts codellama-lsp"
+                "the backend's API key is read from the environment variable {}, which is not set in the server's environment: set it where the editor starts codellama-lsp",
+                shown_variable(name)
             )),
         }
     }
@@ -156,6 +156,23 @@ impl fmt::Debug for RemoteSpec {
 impl fmt::Display for RemoteSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} at {}", self.kind.name(), self.display_url())
+    }
+}
+
+/// A variable's name for messages: conventional names (`TEAM_API_KEY`) as they are; anything
+/// else (which may be a key pasted into the wrong setting) only by its first characters.
+fn shown_variable(name: &str) -> String {
+    let conventional = name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if conventional {
+        name.to_owned()
+    } else {
+        format!(
+            "{}… (named by apiKeyEnv)",
+            name.chars().take(3).collect::<String>()
+        )
     }
 }
 
@@ -345,6 +362,13 @@ mod tests {
         let mut spec = RemoteSpec::new(RemoteKind::Openai, "http://h").unwrap();
         assert_eq!(spec.api_key(), Ok(None));
         spec.api_key_env = Some("CODELLAMA_TEST_SURELY_UNSET_VARIABLE".into());
-        assert!(spec.api_key().unwrap_err().contains("not set"));
+        let error = spec.api_key().unwrap_err();
+        assert!(
+            error.contains("CODELLAMA_TEST_SURELY_UNSET_VARIABLE") && error.contains("not set")
+        );
+        // A key pasted where the variable's name goes (it passes as a name) is not shown.
+        spec.api_key_env = Some("sk_live_4eC39HqLyjWDarjtT1zdp7dc".into());
+        let error = spec.api_key().unwrap_err();
+        assert!(!error.contains("4eC39HqLyjWDarjtT1zdp7dc"), "{error}");
     }
 }

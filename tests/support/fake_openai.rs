@@ -49,6 +49,8 @@ pub struct FakeOpenAi {
     pub url: String,
     behaviour: Arc<Mutex<Behaviour>>,
     pub requests: Arc<Mutex<Vec<Recorded>>>,
+    /// Slow answers whose client hung up before the answer was sent.
+    pub abandoned: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl FakeOpenAi {
@@ -57,12 +59,13 @@ impl FakeOpenAi {
         let url = format!("http://{}", listener.local_addr().unwrap());
         let behaviour = Arc::new(Mutex::new(behaviour));
         let requests: Arc<Mutex<Vec<Recorded>>> = Arc::default();
-        let (script, log) = (behaviour.clone(), requests.clone());
+        let abandoned: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
+        let (script, log, hung_up) = (behaviour.clone(), requests.clone(), abandoned.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (script, log) = (script.clone(), log.clone());
+                let (script, log, hung_up) = (script.clone(), log.clone(), hung_up.clone());
                 thread::spawn(move || {
-                    let _ = handle(stream, &script, &log);
+                    let _ = handle(stream, &script, &log, &hung_up);
                 });
             }
         });
@@ -70,6 +73,7 @@ impl FakeOpenAi {
             url,
             behaviour,
             requests,
+            abandoned,
         }
     }
 
@@ -93,6 +97,7 @@ fn handle(
     stream: TcpStream,
     script: &Mutex<Behaviour>,
     log: &Mutex<Vec<Recorded>>,
+    abandoned: &std::sync::atomic::AtomicUsize,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -134,7 +139,7 @@ fn handle(
         }
         "/v1/completions" => {
             let behaviour = script.lock().unwrap().clone();
-            complete(&mut stream, behaviour)
+            complete(&mut stream, behaviour, abandoned)
         }
         _ => respond(
             &mut stream,
@@ -164,14 +169,38 @@ fn piece(text: &str, finish: Option<&str>) -> String {
     .to_string()
 }
 
-fn complete(stream: &mut TcpStream, behaviour: Behaviour) -> std::io::Result<()> {
+/// Waits `delay` unless the client hangs up first (then counted in `abandoned`); true if it did.
+fn hung_up_during(
+    stream: &TcpStream,
+    delay: Duration,
+    abandoned: &std::sync::atomic::AtomicUsize,
+) -> bool {
+    let end = std::time::Instant::now() + delay;
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut byte = [0u8; 1];
+    while std::time::Instant::now() < end {
+        if let Ok(0) = stream.peek(&mut byte) {
+            abandoned.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            return true;
+        }
+    }
+    false
+}
+
+fn complete(
+    stream: &mut TcpStream,
+    behaviour: Behaviour,
+    abandoned: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
     let pieces = match behaviour {
         Behaviour::Status(status, body) => {
             return respond(stream, status, "application/json", &body);
         }
         Behaviour::Answer(pieces) => pieces,
         Behaviour::Slow(delay, pieces) => {
-            thread::sleep(delay);
+            if hung_up_during(stream, delay, abandoned) {
+                return Ok(());
+            }
             pieces
         }
         Behaviour::Malformed => {

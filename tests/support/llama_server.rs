@@ -28,6 +28,12 @@ pub fn binary() -> Option<PathBuf> {
         })?;
     if path.is_file() {
         Some(path)
+    } else if std::env::var_os("CI").is_some() {
+        // CI builds it (.ci/run): a missing server there is a failure, not a quiet skip.
+        panic!(
+            "CI is set but there is no llama-server at {} (LLAMA_SERVER)",
+            path.display()
+        );
     } else {
         eprintln!(
             "skipping: no llama-server at {} (set LLAMA_SERVER, or run ../shared/tools/setup-llama-server.sh)",
