@@ -105,60 +105,75 @@ impl ChatTemplate {
                 ids
             }
             Self::ChatMl { bos, start, end } => {
-                let mut ids: Vec<u32> = bos.into_iter().collect();
-                let newline = tokenizer.encode("\n", false);
-                let mut message = |role: &str, content: &str, close: bool| {
-                    ids.push(start);
-                    ids.extend(tokenizer.encode(&format!("{role}\n{content}"), false));
-                    if close {
-                        ids.push(end);
-                        ids.extend(&newline);
-                    }
-                };
+                let mut closed = Vec::new();
                 if !chat.system.trim().is_empty() {
-                    message("system", chat.system.trim(), true);
+                    closed.push(("system", chat.system.trim().to_owned()));
                 }
                 for (user, answer) in &chat.turns {
-                    message("user", user.trim(), true);
-                    message("assistant", answer.trim(), true);
+                    closed.push(("user", user.trim().to_owned()));
+                    closed.push(("assistant", answer.trim().to_owned()));
                 }
-                message("user", chat.user.trim(), true);
-                message("assistant", &chat.answer_prefix, false);
-                ids
+                closed.push(("user", chat.user.trim().to_owned()));
+                let marks = TurnMarks { bos, start, end };
+                marks.encode(tokenizer, &closed, "assistant", &chat.answer_prefix)
             }
             Self::Gemma { bos, start, end } => {
-                let mut ids: Vec<u32> = bos.into_iter().collect();
-                let newline = tokenizer.encode("\n", false);
-                let mut turn = |role: &str, content: &str, close: bool| {
-                    ids.push(start);
-                    ids.extend(tokenizer.encode(&format!("{role}\n{content}"), false));
-                    if close {
-                        ids.push(end);
-                        ids.extend(&newline);
-                    }
-                };
-                let system = chat.system.trim();
+                // No system role: the system text opens the first user turn.
                 let mut users = chat
                     .turns
                     .iter()
                     .map(|(user, _)| user.trim())
-                    .chain(std::iter::once(chat.user.trim()));
+                    .chain(std::iter::once(chat.user.trim()))
+                    .map(str::to_owned);
                 let first = users.next().unwrap_or_default();
+                let system = chat.system.trim();
                 let first = if system.is_empty() {
-                    first.to_owned()
+                    first
                 } else {
                     format!("{system}\n\n{first}")
                 };
-                let mut users = std::iter::once(first).chain(users.map(str::to_owned));
+                let mut users = std::iter::once(first).chain(users);
+                let mut closed = Vec::new();
                 for (_, answer) in &chat.turns {
-                    turn("user", &users.next().unwrap_or_default(), true);
-                    turn("model", answer.trim(), true);
+                    closed.push(("user", users.next().unwrap_or_default()));
+                    closed.push(("model", answer.trim().to_owned()));
                 }
-                turn("user", &users.next().unwrap_or_default(), true);
-                turn("model", &chat.answer_prefix, false);
-                ids
+                closed.push(("user", users.next().unwrap_or_default()));
+                let marks = TurnMarks { bos, start, end };
+                marks.encode(tokenizer, &closed, "model", &chat.answer_prefix)
             }
         }
+    }
+}
+
+/// The control tokens of templates that mark each turn `{start}{role}\n{content}{end}\n`
+/// (ChatML, Gemma); they differ only in role names and where the system text goes.
+struct TurnMarks {
+    bos: Option<u32>,
+    start: u32,
+    end: u32,
+}
+
+impl TurnMarks {
+    /// `closed` turns, then the answer's turn opened with `answer_prefix`.
+    fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        closed: &[(&str, String)],
+        answer_role: &str,
+        answer_prefix: &str,
+    ) -> Vec<u32> {
+        let mut ids: Vec<u32> = self.bos.into_iter().collect();
+        let newline = tokenizer.encode("\n", false);
+        for (role, content) in closed {
+            ids.push(self.start);
+            ids.extend(tokenizer.encode(&format!("{role}\n{content}"), false));
+            ids.push(self.end);
+            ids.extend(&newline);
+        }
+        ids.push(self.start);
+        ids.extend(tokenizer.encode(&format!("{answer_role}\n{answer_prefix}"), false));
+        ids
     }
 }
 
