@@ -117,9 +117,17 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         }),
         ..Settings::default()
     };
-    let vocabulary = Vocabulary::read(&model_path)?;
-    let (template, note) =
-        FimTemplate::detect_or_prefix_only(&vocabulary.tokenizer, &vocabulary.name);
+    // The server's connection already read the vocabulary; without one, read it here (only the
+    // metadata: `--show-prompt` loads no weights).
+    let (tokenizer, detected) = match &server {
+        Some(server) => (server.tokenizer.clone(), server.template.clone()),
+        None => {
+            let vocabulary = Vocabulary::read(&model_path)?;
+            let detected = FimTemplate::detect(&vocabulary.tokenizer, &vocabulary.name);
+            (vocabulary.tokenizer, detected)
+        }
+    };
+    let (template, note) = FimTemplate::or_prefix_only(detected);
     if let Some(note) = note {
         eprintln!("codellama-lsp: note: {note}");
     }
@@ -129,7 +137,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         ..WindowConfig::default()
     };
     let built = prompt::infill(
-        &vocabulary.tokenizer,
+        &tokenizer,
         &template,
         document.rope(),
         cursor,

@@ -155,7 +155,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let path = args.model.path()?;
     let device = args.device.open()?;
     let model = LoadedModel::load(&path, &device, Some(args.context_tokens + 64))?;
-    let (template, note) = FimTemplate::detect_or_prefix_only(&model.tokenizer, &model.name);
+    let (template, note) =
+        FimTemplate::or_prefix_only(FimTemplate::detect(&model.tokenizer, &model.name));
     if let Some(note) = note {
         eprintln!("codellama-lsp: note: {note}");
     }

@@ -110,12 +110,10 @@ impl FimTemplate {
         }
     }
 
-    /// The model's infilling template, or prefix-only completion (and why) when it has none.
-    pub fn detect_or_prefix_only(
-        tokenizer: &Tokenizer,
-        model_name: &str,
-    ) -> (Self, Option<String>) {
-        match Self::detect(tokenizer, model_name) {
+    /// The infilling template `detect` found, or prefix-only completion (and why) when it found
+    /// none.
+    pub fn or_prefix_only(detected: Result<Self, String>) -> (Self, Option<String>) {
+        match detected {
             Ok(template) => (template, None),
             Err(problem) => (Self::prefix_only(), Some(problem)),
         }
