@@ -13,7 +13,7 @@ use ropey::Rope;
 use crate::actions::Language;
 use crate::context::ChunkRing;
 use crate::document::Document;
-use crate::engine::{JobRequest, StopCause};
+use crate::engine::{JobKind, JobRequest, StopCause};
 use crate::model::generate::GenerationRequest;
 use crate::model::sampling::SamplingParams;
 use crate::model::tokenizer::Tokenizer;
@@ -186,8 +186,10 @@ impl Completer {
                 stop_strings: Vec::new(),
                 stop_tokens: Vec::new(),
                 deadline: Some(deadline),
+                prefill_slice: None,
             },
             supersede_key: Some(request.uri.clone()),
+            kind: JobKind::Completion,
         });
         let result = match job.finish().await {
             Ok(result) => result,

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use codellama_lsp::engine::{Engine, JobEvent, JobRequest, StopCause};
+use codellama_lsp::engine::{Engine, JobEvent, JobKind, JobRequest, StopCause};
 use codellama_lsp::fixtures::Variant;
 use codellama_lsp::model::LoadedModel;
 use codellama_lsp::model::generate::{FinishReason, GenerationRequest};
@@ -24,7 +24,7 @@ fn request(prompt: &[u32], max_new_tokens: usize) -> JobRequest {
             max_new_tokens,
             ..GenerationRequest::default()
         },
-        supersede_key: None,
+        ..JobRequest::default()
     }
 }
 
@@ -38,7 +38,7 @@ async fn a_job_streams_text_and_matches_a_direct_generation() {
         &model,
         &mut cache,
         &request(&PROMPT, 20).generation,
-        &|| false,
+        &mut || false,
         &mut |_| {},
     )
     .unwrap();
@@ -189,7 +189,7 @@ async fn stop_strings_end_the_generation_and_are_not_returned() {
         &model,
         &mut cache,
         &request(&PROMPT, 12).generation,
-        &|| false,
+        &mut || false,
         &mut |_| {},
     )
     .unwrap();
@@ -248,4 +248,141 @@ async fn a_prefill_cut_by_the_deadline_continues_in_the_background() {
         again.generation
     );
     assert_eq!(again.generation.ids.len(), 4);
+}
+
+fn of_kind(kind: JobKind, prompt: &[u32], max_new_tokens: usize) -> JobRequest {
+    JobRequest {
+        kind,
+        ..request(prompt, max_new_tokens)
+    }
+}
+
+/// A long prompt of valid ids (the fixture's vocabulary), different for each `seed`.
+fn long_prompt(seed: u32, len: u32) -> Vec<u32> {
+    std::iter::once(1)
+        .chain((0..len).map(|i| 300 + (i * 7919 + seed * 104_729) % 30000))
+        .collect()
+}
+
+/// Completions never wait behind assist work: the assist job pauses between two tokens, the
+/// completion runs (in its own KV slot), and the assist job resumes where it was, producing
+/// exactly what it would have produced alone.
+#[tokio::test]
+async fn a_completion_runs_while_an_assist_job_pauses() {
+    let model = model();
+    let assist_prompt = long_prompt(1, 40);
+    let mut cache = model.llama.new_cache().unwrap();
+    let alone = codellama_lsp::model::generate::generate(
+        &model,
+        &mut cache,
+        &request(&assist_prompt, 1000).generation,
+        &mut || false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let completion_alone = codellama_lsp::model::generate::generate(
+        &model,
+        &mut cache,
+        &request(&PROMPT, 6).generation,
+        &mut || false,
+        &mut |_| {},
+    )
+    .unwrap();
+    let engine = Engine::start(model).unwrap();
+    let mut assist = engine.submit(of_kind(JobKind::Assist, &assist_prompt, 1000));
+    first_text(&mut assist).await;
+    let completion = engine
+        .submit(of_kind(JobKind::Completion, &PROMPT, 6))
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(completion.generation.ids, completion_alone.ids);
+    while let Ok(event) = assist.events.try_recv() {
+        assert!(
+            !matches!(event, JobEvent::Finished(_)),
+            "the completion waited for the whole assist job"
+        );
+    }
+    // The assist job was paused, not stopped: it resumes and streams the rest.
+    let assist = assist.finish().await.unwrap();
+    assert_eq!(assist.generation.ids, alone.ids, "the pause changed the answer");
+    assert_eq!(assist.stopped_by, None);
+}
+
+/// An assist job in between does not evict the completion prefix: the next keystroke reuses it.
+#[tokio::test]
+async fn the_completion_prefix_survives_an_assist_job() {
+    let engine = Engine::start(model()).unwrap();
+    let typed = long_prompt(2, 300);
+    engine
+        .submit(of_kind(JobKind::Completion, &typed, 2))
+        .finish()
+        .await
+        .unwrap();
+    engine
+        .submit(of_kind(JobKind::Assist, &long_prompt(3, 200), 4))
+        .finish()
+        .await
+        .unwrap();
+    let mut next = typed.clone();
+    next.push(262);
+    let next = engine
+        .submit(of_kind(JobKind::Completion, &next, 2))
+        .finish()
+        .await
+        .unwrap();
+    assert_eq!(next.generation.reused_tokens, typed.len());
+}
+
+/// A prefetch (warm-up, speculation) gives way the moment anything else arrives; what it
+/// evaluated stays cached.
+#[tokio::test]
+async fn a_prefetch_stops_when_other_work_arrives() {
+    let engine = Engine::start(model()).unwrap();
+    let mut prefetch = engine.submit(of_kind(JobKind::Prefetch, &PROMPT, 100_000));
+    first_text(&mut prefetch).await;
+    let started = Instant::now();
+    let completion = engine
+        .submit(of_kind(JobKind::Completion, &PROMPT, 3))
+        .finish()
+        .await
+        .unwrap();
+    let prefetch = prefetch.finish().await.unwrap();
+    assert_eq!(prefetch.generation.finish, FinishReason::Stopped);
+    assert!(prefetch.generation.ids.len() < 100_000);
+    assert_eq!(completion.generation.ids.len(), 3);
+    assert_eq!(completion.generation.reused_tokens, PROMPT.len() - 1);
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+/// A flood of completions from many documents is bounded: while the engine is busy, only the
+/// newest few wait; the older ones are answered at once, empty (superseded).
+#[tokio::test]
+async fn a_flood_of_completions_keeps_only_the_newest_waiting() {
+    let engine = Engine::start(model()).unwrap();
+    let mut busy = engine.submit(request(&PROMPT, 100_000));
+    first_text(&mut busy).await;
+    let flood: Vec<_> = (0..30)
+        .map(|i| {
+            engine.submit(JobRequest {
+                supersede_key: Some(format!("file:///doc{i}.py")),
+                ..request(&PROMPT, 1)
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    busy.cancel();
+    let mut dropped = 0;
+    let mut served = 0;
+    for (i, job) in flood.into_iter().enumerate() {
+        let result = job.finish().await.unwrap();
+        if result.stopped_by == Some(StopCause::Superseded) {
+            dropped += 1;
+            assert!(i < 30 - 8, "a recent request (#{i}) was dropped");
+        } else {
+            served += 1;
+        }
+    }
+    assert_eq!(served, 8, "{dropped} dropped");
+    assert_eq!(dropped, 22);
 }

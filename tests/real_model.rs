@@ -55,7 +55,7 @@ fn greedy_text_is_real_and_logits_match_the_reference() {
         max_new_tokens: 8,
         ..GenerationRequest::default()
     };
-    let generation = generate(&model, &mut cache, &request, &|| false, &mut |_| {}).unwrap();
+    let generation = generate(&model, &mut cache, &request, &mut || false, &mut |_| {}).unwrap();
     assert!(generation.text.contains("Paris"), "{:?}", generation.text);
     assert_ne!(generation.finish, FinishReason::Stopped);
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ropey::Rope;
 
 use super::{Ask, AssistError, Generator, ModelInfo, Prompt};
-use crate::engine::{JobEvent, JobRequest};
+use crate::engine::{JobEvent, JobKind, JobRequest};
 use crate::model::generate::GenerationRequest;
 use crate::model::sampling::SamplingParams;
 use crate::model_host::{ModelHost, ReadyModel};
@@ -116,8 +116,10 @@ impl Generator for ModelGenerator {
                 stop_strings: ask.stop,
                 stop_tokens,
                 deadline: None,
+                prefill_slice: None,
             },
             supersede_key: None,
+            kind: JobKind::Assist,
         });
         // Dropping this future drops `job`, which stops the generation within a token.
         while let Some(event) = job.events.recv().await {

@@ -161,7 +161,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         Some(server) => {
             let job = server.engine.submit(JobRequest {
                 generation: request,
-                supersede_key: None,
+                ..JobRequest::default()
             });
             job.finish_blocking()
                 .map_err(anyhow::Error::msg)?
@@ -175,7 +175,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
                 Some(built.ids.len() + args.max_tokens),
             )?;
             let mut cache = model.llama.new_cache()?;
-            generate(&model, &mut cache, &request, &|| false, &mut |_| {})?
+            generate(&model, &mut cache, &request, &mut || false, &mut |_| {})?
         }
     };
     let text = finish_text(

@@ -222,7 +222,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                 max_new_tokens: args.max_tokens,
                 ..GenerationRequest::default()
             },
-            &|| false,
+            &mut || false,
             &mut |_| {},
         )
         .with_context(|| format!("generating for the hole {}", hole.id))?;

@@ -149,7 +149,7 @@ pub fn generate(args: &GenerateArgs) -> Result<()> {
             let _ = stdout.flush();
         }
     };
-    let generation = run_generation(&model, &mut cache, &request, &|| false, &mut stream)?;
+    let generation = run_generation(&model, &mut cache, &request, &mut || false, &mut stream)?;
     if args.json {
         println!("{}", serde_json::to_string(&generation)?);
     } else {

@@ -84,7 +84,7 @@ fn session(
             max_new_tokens: max_tokens,
             ..GenerationRequest::default()
         };
-        let generation = generate(model, &mut cache, &request, &|| false, &mut |_| {})?;
+        let generation = generate(model, &mut cache, &request, &mut || false, &mut |_| {})?;
         latencies.push(started.elapsed().as_secs_f64() * 1000.0);
         prompt_tokens += generation.prompt_tokens;
         reused_tokens += generation.reused_tokens;
@@ -151,7 +151,7 @@ pub fn compare_backends(
                     max_new_tokens: max_tokens,
                     ..GenerationRequest::default()
                 },
-                supersede_key: None,
+                ..JobRequest::default()
             });
             let generation = job
                 .finish_blocking()

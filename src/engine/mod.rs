@@ -1,5 +1,11 @@
-//! The engine: one worker thread owns the model and its KV cache; requests come in through a
+//! The engine: one worker thread owns the model and its KV caches; requests come in through a
 //! channel and stream their text back.
+//!
+//! Jobs are of three kinds ([`JobKind`]), served in that order: completions (the user waits on
+//! every keystroke), assist work (docstrings, edits, chat: paused between tokens whenever a
+//! completion waits, and run in a KV slot of their own so the completion prefix survives), and
+//! prefetches (warm-up prefills and speculative suggestions, which stop as soon as anything else
+//! arrives). See `worker.rs`.
 //!
 //! The async side never blocks on inference: [`Engine::submit`] returns at once with a
 //! [`JobHandle`] whose events arrive on a tokio channel. A job stops within one token when its
@@ -9,17 +15,18 @@
 //! The same handle fronts a remote backend ([`Engine::remote`]): jobs then go to an inference
 //! server over HTTP (see `crate::remote`), with the same events, stop causes and supersession.
 
+mod worker;
+
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
 use tokio::sync::mpsc as async_mpsc;
 
-use crate::model::generate::{FinishReason, Generation, GenerationRequest, PrefillPace, generate};
+use crate::model::generate::{FinishReason, Generation, GenerationRequest};
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{KvCache, LoadedModel, ModelError};
+use crate::model::{LoadedModel, ModelError};
 use crate::remote::RemoteSpec;
 
 const RUNNING: u8 = 0;
@@ -53,6 +60,21 @@ pub struct JobRequest {
     pub generation: GenerationRequest,
     /// A newer job with the same key stops this one (e.g. the document's URI for completions).
     pub supersede_key: Option<String>,
+    pub kind: JobKind,
+}
+
+/// What a job is for, which decides when it runs and which KV slot it uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JobKind {
+    /// An inline completion: runs first; its prompt stays cached for the next keystroke.
+    #[default]
+    Completion,
+    /// A docstring, edit or chat answer: runs when no completion waits, pauses between tokens
+    /// while completions run, and keeps its own KV slot.
+    Assist,
+    /// Work for a request that may come (a warm-up prefill, the suggestion after an accepted
+    /// one): runs only when nothing else waits, and stops the moment anything arrives.
+    Prefetch,
 }
 
 /// The caller's end of a job. Dropping it cancels the job.
@@ -98,6 +120,7 @@ impl Drop for JobHandle {
 /// A submitted job, as the worker (local or remote) sees it.
 pub(crate) struct Job {
     pub(crate) request: GenerationRequest,
+    pub(crate) kind: JobKind,
     control: Arc<AtomicU8>,
     pub(crate) events: async_mpsc::UnboundedSender<JobEvent>,
 }
@@ -127,6 +150,20 @@ impl Job {
         })
     }
 
+    /// Ends a job that will not run (dropped from a full queue, or replaced by a newer
+    /// prefetch) as superseded: its caller gets an empty answer.
+    pub(crate) fn drop_unserved(self) {
+        let _ = self.control.compare_exchange(
+            RUNNING,
+            SUPERSEDED,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        if let Some(result) = self.stopped_before_start() {
+            self.finish(Ok(result));
+        }
+    }
+
     pub(crate) fn finish(&self, result: Result<JobResult, String>) {
         let _ =
             self.control
@@ -152,11 +189,11 @@ pub struct Engine {
 impl Engine {
     /// Starts the worker thread, which owns `model` and allocates its KV cache.
     pub fn start(model: LoadedModel) -> Result<Self, ModelError> {
-        let cache = model.llama.new_cache()?;
+        let worker = worker::Worker::new(model)?;
         let (jobs, queue) = mpsc::channel::<Job>();
         thread::Builder::new()
             .name("codellama-engine".into())
-            .spawn(move || worker(model, cache, queue))
+            .spawn(move || worker.run(queue))
             .map_err(|source| ModelError::Io {
                 file: "engine thread".into(),
                 source,
@@ -213,6 +250,7 @@ impl Engine {
         let (events, receiver) = async_mpsc::unbounded_channel();
         let job = Job {
             request: request.generation,
+            kind: request.kind,
             control: control.clone(),
             events,
         };
@@ -230,96 +268,10 @@ impl Engine {
     }
 }
 
-fn stop_cause(control: &AtomicU8) -> Option<StopCause> {
+pub(crate) fn stop_cause(control: &AtomicU8) -> Option<StopCause> {
     match control.load(Ordering::SeqCst) {
         CANCELLED => Some(StopCause::Cancelled),
         SUPERSEDED => Some(StopCause::Superseded),
         _ => None,
     }
-}
-
-fn worker(model: LoadedModel, mut cache: KvCache, queue: mpsc::Receiver<Job>) {
-    // A job that arrived while the worker prefilled in the background.
-    let mut arrived: Option<Job> = None;
-    loop {
-        let job = match arrived.take() {
-            Some(job) => job,
-            None => match queue.recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            },
-        };
-        // A job stopped while it waited in the queue costs nothing.
-        if let Some(result) = job.stopped_before_start() {
-            job.finish(Ok(result));
-            continue;
-        }
-        let should_stop = || job.control.load(Ordering::SeqCst) != RUNNING;
-        let mut on_text = |text: &str| {
-            let _ = job.events.send(JobEvent::Text(text.to_owned()));
-        };
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            generate(&model, &mut cache, &job.request, &should_stop, &mut on_text)
-        }));
-        let result = match outcome {
-            Ok(Ok(generation)) => Ok(JobResult {
-                stopped_by: (generation.finish == FinishReason::Stopped)
-                    .then(|| stop_cause(&job.control))
-                    .flatten(),
-                generation,
-            }),
-            Ok(Err(error)) => Err(error.to_string()),
-            Err(_) => {
-                // The cache may hold half-written positions: start over rather than trust it.
-                cache.clear();
-                tracing::error!("the engine panicked during a generation; it keeps running");
-                Err("internal error in the engine (see the log)".into())
-            }
-        };
-        let cut_prefill = matches!(&result, Ok(r) if r.generation.finish == FinishReason::Deadline
-            && r.generation.ids.is_empty());
-        job.finish(result);
-        if cut_prefill {
-            arrived = prefill_in_background(&model, &mut cache, &job.request.prompt, &queue);
-        }
-    }
-}
-
-/// Goes on evaluating `prompt` into the cache after its job returned at its deadline, so the
-/// next request (whose prompt usually starts the same) finds it cached — until that request
-/// arrives, which is returned to be served at once.
-fn prefill_in_background(
-    model: &LoadedModel,
-    cache: &mut KvCache,
-    prompt: &[u32],
-    queue: &mpsc::Receiver<Job>,
-) -> Option<Job> {
-    // Chunks of about 50 ms of work (measured as it goes): a new job waits at most one.
-    const SLICE: std::time::Duration = std::time::Duration::from_millis(50);
-    let mut pace = PrefillPace::default();
-    let target = prompt.len().saturating_sub(1);
-    if cache.common_prefix(prompt) < cache.len() {
-        return None; // the cache no longer holds this prompt's start
-    }
-    while cache.len() < target {
-        match queue.try_recv() {
-            Ok(job) => return Some(job),
-            Err(mpsc::TryRecvError::Disconnected) => return None,
-            Err(mpsc::TryRecvError::Empty) => {}
-        }
-        let remaining = target - cache.len();
-        let size = pace.next_chunk(Some(SLICE), remaining).unwrap_or(4);
-        let end = (cache.len() + size).min(target);
-        let chunk = &prompt[cache.len()..end];
-        let began = std::time::Instant::now();
-        let evaluated = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            model.llama.forward(chunk, cache, false).map(drop)
-        }));
-        if !matches!(evaluated, Ok(Ok(()))) {
-            cache.clear();
-            return None;
-        }
-        pace.record(chunk.len(), began.elapsed());
-    }
-    None
 }

@@ -28,6 +28,9 @@ pub struct GenerationRequest {
     pub stop_tokens: Vec<u32>,
     /// Return what is ready at this instant.
     pub deadline: Option<Instant>,
+    /// Size prompt chunks to take about this long, so that `should_stop` is asked at least this
+    /// often during the prefill (for work that must yield quickly to more urgent work).
+    pub prefill_slice: Option<Duration>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -58,12 +61,14 @@ pub struct Generation {
 }
 
 /// Runs one generation. `on_text` receives text as it becomes final (never text that could still
-/// turn out to be part of a stop string, never half a UTF-8 character).
+/// turn out to be part of a stop string, never half a UTF-8 character). `should_stop` is asked
+/// between prefill chunks and between tokens (it may do other work before answering: the engine
+/// serves completions from there while an assist job is paused).
 pub fn generate(
     model: &LoadedModel,
     cache: &mut KvCache,
     request: &GenerationRequest,
-    should_stop: &dyn Fn() -> bool,
+    should_stop: &mut dyn FnMut() -> bool,
     on_text: &mut dyn FnMut(&str),
 ) -> Result<Generation, ModelError> {
     let start = Instant::now();
@@ -93,7 +98,7 @@ pub fn generate(
         prefill_ms: 0.0,
         decode_ms: 0.0,
     };
-    let interrupted = |deadline: Option<Instant>| -> Option<FinishReason> {
+    let mut interrupted = |deadline: Option<Instant>| -> Option<FinishReason> {
         if should_stop() {
             Some(FinishReason::Stopped)
         } else if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -117,11 +122,15 @@ pub fn generate(
         let left = request
             .deadline
             .map(|d| d.saturating_duration_since(Instant::now()));
-        let Some(size) = pace.next_chunk(left, prompt.len() - at) else {
+        let remaining = prompt.len() - at;
+        let Some(mut size) = pace.next_chunk(left, remaining) else {
             generation.finish = FinishReason::Deadline;
             generation.prefill_ms = millis(start.elapsed());
             return Ok(generation);
         };
+        if let Some(slice) = request.prefill_slice {
+            size = size.min(pace.next_chunk(Some(slice), remaining).unwrap_or(MIN_PREFILL_CHUNK));
+        }
         let end = (at + size).min(prompt.len());
         let began = Instant::now();
         logits = Some(model.llama.forward(&prompt[at..end], cache, false)?);

@@ -313,12 +313,23 @@ impl Llama {
     /// A cache sized for this model's `max_positions`; F16 on GPUs (half the memory, fast
     /// kernels), F32 on CPU (where candle's F16 matmul is slow).
     pub fn new_cache(&self) -> Result<KvCache, ModelError> {
+        self.new_cache_for(self.max_positions)
+    }
+
+    /// A KV cache for at most `positions` positions (capped by the model's context), e.g. one
+    /// sized to a single job.
+    pub fn new_cache_for(&self, positions: usize) -> Result<KvCache, ModelError> {
         let dtype = if self.device.is_cpu() {
             DType::F32
         } else {
             DType::F16
         };
-        KvCache::new(&self.config, self.max_positions, dtype, &self.device)
+        KvCache::new(
+            &self.config,
+            positions.min(self.max_positions),
+            dtype,
+            &self.device,
+        )
             .map_err(|error| ModelError::candle("allocating the KV cache", error))
     }
 

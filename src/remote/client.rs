@@ -17,7 +17,7 @@ use tokio::sync::mpsc as async_mpsc;
 
 use super::config::{RemoteKind, RemoteSpec};
 use super::protocol::{self, Ask, Chunk, Event, EventReader, ServerFinish};
-use crate::engine::{Job, JobEvent, JobResult};
+use crate::engine::{Job, JobEvent, JobKind, JobResult};
 use crate::model::generate::{FinishReason, Generation, OutputText};
 use crate::model::tokenizer::{TokenStream, Tokenizer};
 
@@ -91,6 +91,10 @@ fn http_client(spec: &RemoteSpec) -> Result<reqwest::Client, String> {
 }
 
 async fn run(worker: Arc<Worker>, job: Job) {
+    if job.kind == JobKind::Prefetch {
+        // The server keeps its own prompt cache; speculative work would only load it.
+        return job.drop_unserved();
+    }
     if let Some(result) = job.stopped_before_start() {
         job.finish(Ok(result));
         return;
