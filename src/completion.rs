@@ -5,7 +5,7 @@
 //! LSP layer converts positions and results; nothing here knows LSP types.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
@@ -14,10 +14,10 @@ use crate::actions::Language;
 use crate::context::ChunkRing;
 use crate::document::Document;
 use crate::engine::{JobKind, JobRequest, StopCause};
-use crate::model::generate::GenerationRequest;
+use crate::model::generate::{FinishReason, GenerationRequest};
 use crate::model::sampling::SamplingParams;
 use crate::model::tokenizer::Tokenizer;
-use crate::model_host::ModelHost;
+use crate::model_host::{ModelHost, ReadyModel};
 use crate::postprocess;
 use crate::prompt::{self, FimTemplate, WindowConfig};
 use crate::settings::Settings;
@@ -51,6 +51,10 @@ pub struct CompletionRequest {
     pub automatic: bool,
     /// The other open documents, by URI: sources of workspace context.
     pub others: Vec<(String, Document)>,
+    /// The document's version when the client sent the request, if known: a request whose
+    /// document changed since is answered empty (its position is in text the editor no longer
+    /// shows).
+    pub sent_version: Option<i32>,
 }
 
 /// A completion prompt, and the files its workspace context came from.
@@ -93,8 +97,75 @@ const CACHE_ENTRIES: usize = 64;
 pub struct Completer {
     last: Mutex<HashMap<String, LastSuggestion>>,
     /// Recent prompts and their post-processed answers, most recent last.
-    recent: Mutex<VecDeque<(Vec<u32>, Option<String>)>>,
+    recent: Mutex<VecDeque<Remembered>>,
     context: Mutex<ContextState>,
+    stats: Mutex<CompletionStats>,
+}
+
+/// A prompt and its post-processed answer.
+struct Remembered {
+    prompt: Vec<u32>,
+    text: Option<String>,
+    /// Computed ahead, for the suggestion after an accepted one: the tokens it cost, until a
+    /// request uses it.
+    speculative_tokens: Option<usize>,
+}
+
+/// What the completer did since it started, for `codellama/stats` and the latency benchmark.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionStats {
+    pub completions: Counts,
+    /// Prompt tokens of the completions the model ran, and how many of them the KV cache held.
+    pub prompt_tokens: usize,
+    pub reused_tokens: usize,
+    /// Tokens the model generated for completions (speculative ones included).
+    pub generated_tokens: usize,
+    /// Generated tokens nobody saw: superseded completions, speculations not (yet) used.
+    pub wasted_tokens: usize,
+    /// Warm-up prefills started, and those that evaluated their whole prompt.
+    pub warmups: usize,
+    pub warmups_finished: usize,
+    /// Speculative suggestions computed.
+    pub speculations: usize,
+}
+
+/// Completion requests by how they ended.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counts {
+    pub requests: usize,
+    /// Answered by running the model.
+    pub model: usize,
+    pub typed_ahead: usize,
+    /// Answered from the recent-prompt cache (speculative hits included).
+    pub cache: usize,
+    pub speculative_hits: usize,
+    /// Answered with nothing to suggest.
+    pub empty: usize,
+    pub superseded: usize,
+    /// Skipped because the document changed after the request was sent.
+    pub stale: usize,
+    /// Dropped by the client before they were answered.
+    pub cancelled: usize,
+}
+
+/// Counts a request that the client dropped (its future was dropped before it finished).
+struct InFlight<'c> {
+    stats: &'c Mutex<CompletionStats>,
+    answered: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            lock(self.stats).completions.cancelled += 1;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Workspace context: the chunk ring, which document versions it holds, and the last pick.
@@ -115,6 +186,43 @@ struct ContextPick {
     sources: Vec<String>,
 }
 
+/// The settings a model can run: the model's context (for a remote backend, the server's)
+/// bounds the prompt.
+fn fitted(settings: &Settings, model: &ReadyModel) -> Settings {
+    Settings {
+        context_tokens: settings.context_tokens.min(model.context_tokens),
+        ..settings.clone()
+    }
+}
+
+/// The engine job of a completion (or of work ahead of one) for `prompt` in document `uri`.
+fn completion_job(
+    uri: &str,
+    prompt: Vec<u32>,
+    settings: &Settings,
+    kind: JobKind,
+    deadline: Option<Instant>,
+) -> JobRequest {
+    JobRequest {
+        generation: GenerationRequest {
+            prompt,
+            max_new_tokens: settings.max_tokens,
+            sampling: SamplingParams {
+                temperature: settings.temperature,
+                ..SamplingParams::default()
+            },
+            stop_strings: Vec::new(),
+            stop_tokens: Vec::new(),
+            deadline,
+            prefill_slice: None,
+        },
+        // A newer request for the document stops a completion. Work ahead never stops one: it
+        // gives way to anything that arrives anyway.
+        supersede_key: (kind != JobKind::Prefetch).then(|| uri.to_owned()),
+        kind,
+    }
+}
+
 /// Lines on each side of the cursor that say what the cursor's code is about.
 const CONTEXT_QUERY_LINES: usize = 12;
 
@@ -132,11 +240,52 @@ impl Completer {
     }
 
     pub async fn complete(
-        &self,
+        self: &Arc<Self>,
         request: CompletionRequest,
         settings: &Settings,
         host: &ModelHost,
     ) -> Result<(Outcome, Option<Source>), String> {
+        lock(&self.stats).completions.requests += 1;
+        let mut in_flight = InFlight {
+            stats: &self.stats,
+            answered: false,
+        };
+        let answer = self.answer(request, settings, host).await;
+        in_flight.answered = true;
+        let mut stats = lock(&self.stats);
+        let counts = &mut stats.completions;
+        match &answer {
+            Ok((outcome, source)) => {
+                match source {
+                    Some(Source::Model) => counts.model += 1,
+                    Some(Source::Cache) => counts.cache += 1,
+                    Some(Source::TypedAhead) => counts.typed_ahead += 1,
+                    None => {}
+                }
+                match outcome {
+                    Outcome::Superseded => counts.superseded += 1,
+                    Outcome::Nothing | Outcome::BackendFailed(_) => counts.empty += 1,
+                    Outcome::Suggestion(_) => {}
+                }
+            }
+            Err(_) => counts.empty += 1,
+        }
+        answer
+    }
+
+    async fn answer(
+        self: &Arc<Self>,
+        request: CompletionRequest,
+        settings: &Settings,
+        host: &ModelHost,
+    ) -> Result<(Outcome, Option<Source>), String> {
+        if request
+            .sent_version
+            .is_some_and(|version| version != request.document.version())
+        {
+            lock(&self.stats).completions.stale += 1;
+            return Ok((Outcome::Nothing, None));
+        }
         let rope = request.document.rope();
         let cursor = request.cursor.min(rope.len_chars());
         if request.automatic
@@ -157,11 +306,7 @@ impl Completer {
         let Some(model) = host.ready(deadline).await else {
             return Ok((Outcome::Nothing, None));
         };
-        // The model's context (for a remote backend, the server's) bounds the prompt.
-        let settings = &Settings {
-            context_tokens: settings.context_tokens.min(model.context_tokens),
-            ..settings.clone()
-        };
+        let settings = &fitted(settings, &model);
         // A model without infilling tokens continues the text before the cursor (said once,
         // when it loaded).
         let template = model.completion_template(settings.fim_order);
@@ -175,22 +320,13 @@ impl Completer {
                 Some(Source::Cache),
             ));
         }
-        let job = model.engine.submit(JobRequest {
-            generation: GenerationRequest {
-                prompt: built.ids.clone(),
-                max_new_tokens: settings.max_tokens,
-                sampling: SamplingParams {
-                    temperature: settings.temperature,
-                    ..SamplingParams::default()
-                },
-                stop_strings: Vec::new(),
-                stop_tokens: Vec::new(),
-                deadline: Some(deadline),
-                prefill_slice: None,
-            },
-            supersede_key: Some(request.uri.clone()),
-            kind: JobKind::Completion,
-        });
+        let job = model.engine.submit(completion_job(
+            &request.uri,
+            built.ids.clone(),
+            settings,
+            JobKind::Completion,
+            Some(deadline),
+        ));
         let result = match job.finish().await {
             Ok(result) => result,
             // A server's trouble is not this request's error: the editor gets an empty answer
@@ -200,23 +336,152 @@ impl Completer {
             }
             Err(problem) => return Err(problem),
         };
+        let generation = &result.generation;
+        {
+            let mut stats = lock(&self.stats);
+            stats.prompt_tokens += generation.prompt_tokens;
+            stats.reused_tokens += generation.reused_tokens;
+            stats.generated_tokens += generation.ids.len();
+            if result.stopped_by.is_some() {
+                stats.wasted_tokens += generation.ids.len();
+            }
+        }
         if result.stopped_by == Some(StopCause::Superseded) {
             return Ok((Outcome::Superseded, Some(Source::Model)));
         }
         tracing::debug!(
             "completion: {} prompt tokens ({} reused), prefill {:.0} ms, decode {:.0} ms, {:?}",
-            result.generation.prompt_tokens,
-            result.generation.reused_tokens,
-            result.generation.prefill_ms,
-            result.generation.decode_ms,
-            result.generation.finish
+            generation.prompt_tokens,
+            generation.reused_tokens,
+            generation.prefill_ms,
+            generation.decode_ms,
+            generation.finish
         );
-        let text = finish_text(rope, cursor, &built.window.suffix, &result.generation.text);
-        self.remember(built.ids, text.clone());
+        let text = finish_text(rope, cursor, &built.window.suffix, &generation.text);
+        self.remember(built.ids, text.clone(), None);
+        if let Some(suggestion) = &text
+            && !model.engine.is_remote()
+        {
+            self.speculate(&request, cursor, suggestion, settings, &model, &template);
+        }
         Ok((
             self.finish(&request.uri, line, line_before, text),
             Some(Source::Model),
         ))
+    }
+
+    /// Computes, in idle time, the suggestion that follows `suggestion` if the user accepts it
+    /// (as llama.vim does): the document with the suggestion inserted, the cursor after it. The
+    /// answer waits in the recent-prompt cache; any other request stops the work at once.
+    fn speculate(
+        self: &Arc<Self>,
+        request: &CompletionRequest,
+        cursor: usize,
+        suggestion: &str,
+        settings: &Settings,
+        model: &Arc<ReadyModel>,
+        template: &FimTemplate,
+    ) {
+        let mut accepted = request.document.clone();
+        accepted.insert(cursor, suggestion);
+        let next = CompletionRequest {
+            uri: request.uri.clone(),
+            document: accepted,
+            cursor: cursor + suggestion.chars().count(),
+            automatic: true,
+            others: request.others.clone(),
+            sent_version: None,
+        };
+        let (completer, settings, model, template) = (
+            self.clone(),
+            settings.clone(),
+            model.clone(),
+            template.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(built) = completer
+                .build_prompt(&next, &settings, &model.tokenizer, &template)
+                .await
+            else {
+                return;
+            };
+            let prompt = built.prompt;
+            if completer.cached(&prompt.ids).is_some() {
+                return;
+            }
+            let job = model.engine.submit(completion_job(
+                &next.uri,
+                prompt.ids.clone(),
+                &settings,
+                JobKind::Prefetch,
+                None,
+            ));
+            let Ok(result) = job.finish().await else {
+                return;
+            };
+            let generation = result.generation;
+            let mut stats = lock(&completer.stats);
+            stats.generated_tokens += generation.ids.len();
+            stats.wasted_tokens += generation.ids.len();
+            if generation.finish == FinishReason::Stopped {
+                return; // something else arrived first: the answer is not whole
+            }
+            stats.speculations += 1;
+            drop(stats);
+            let rope = next.document.rope();
+            let text = finish_text(rope, next.cursor, &prompt.window.suffix, &generation.text);
+            completer.remember(prompt.ids, text, Some(generation.ids.len()));
+        });
+    }
+
+    /// Evaluates the prompt for a cursor into the KV cache while the user is not typing (after
+    /// opening a file, a focus change, a pause), so the next request finds its prefix cached.
+    /// Any other job stops it; nothing happens if the model is not ready yet.
+    pub async fn warm_up(
+        self: &Arc<Self>,
+        request: CompletionRequest,
+        settings: &Settings,
+        host: &ModelHost,
+    ) {
+        let Some(model) = host.ready(Instant::now()).await else {
+            return;
+        };
+        if model.engine.is_remote() {
+            return; // the server keeps its own prompt cache
+        }
+        self.forget_closed(&request);
+        let settings = &fitted(settings, &model);
+        let template = model.completion_template(settings.fim_order);
+        let Ok(built) = self
+            .build_prompt(&request, settings, &model.tokenizer, &template)
+            .await
+        else {
+            return;
+        };
+        lock(&self.stats).warmups += 1;
+        let mut job = completion_job(
+            &request.uri,
+            built.prompt.ids,
+            settings,
+            JobKind::Prefetch,
+            None,
+        );
+        job.generation.max_new_tokens = 0;
+        // The handle must live until the job ends (dropping it cancels the job).
+        let handle = model.engine.submit(job);
+        let completer = self.clone();
+        tokio::spawn(async move {
+            if let Ok(result) = handle.finish().await
+                && result.generation.finish != FinishReason::Stopped
+            {
+                lock(&completer.stats).warmups_finished += 1;
+            }
+        });
+    }
+
+    /// What the completer has done so far.
+    pub fn stats(&self) -> CompletionStats {
+        lock(&self.stats).clone()
     }
 
     /// Drops the typed-ahead state of documents that are no longer open, so it never outgrows
@@ -380,30 +645,43 @@ impl Completer {
         (!typed.is_empty() && !rest.trim().is_empty()).then(|| rest.to_owned())
     }
 
+    /// The answer for `prompt` if it is a recent one (a speculative answer counts as a hit and
+    /// is no longer waste).
     fn cached(&self, prompt: &[u32]) -> Option<Option<String>> {
-        let recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent
-            .iter()
+        let mut recent = lock(&self.recent);
+        let entry = recent
+            .iter_mut()
             .rev()
-            .find(|(ids, _)| ids == prompt)
-            .map(|(_, text)| text.clone())
+            .find(|entry| entry.prompt == prompt)?;
+        if let Some(tokens) = entry.speculative_tokens.take() {
+            let mut stats = lock(&self.stats);
+            stats.completions.speculative_hits += 1;
+            stats.wasted_tokens = stats.wasted_tokens.saturating_sub(tokens);
+        }
+        Some(entry.text.clone())
     }
 
-    fn remember(&self, prompt: Vec<u32>, text: Option<String>) {
-        let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
-        recent.retain(|(ids, _)| *ids != prompt);
+    fn remember(&self, prompt: Vec<u32>, text: Option<String>, speculative_tokens: Option<usize>) {
+        let mut recent = lock(&self.recent);
+        recent.retain(|entry| entry.prompt != prompt);
         if recent.len() == CACHE_ENTRIES {
             recent.pop_front();
         }
-        recent.push_back((prompt, text));
+        recent.push_back(Remembered {
+            prompt,
+            text,
+            speculative_tokens,
+        });
     }
 
     /// Forgets a closed document.
     pub fn forget(&self, uri: &str) {
-        self.last
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(uri);
+        lock(&self.last).remove(uri);
+        let mut context = lock(&self.context);
+        context.versions.remove(uri);
+        if context.last.as_ref().is_some_and(|pick| pick.uri == uri) {
+            context.last = None;
+        }
     }
 }
 
@@ -413,7 +691,7 @@ mod tests {
 
     #[tokio::test]
     async fn closed_documents_leave_no_state_behind() {
-        let completer = Completer::new();
+        let completer = Arc::new(Completer::new());
         for i in 0..1000 {
             let uri = format!("file:///doc{i}.py");
             completer.finish(&uri, 0, String::new(), Some("x".into()));
@@ -428,6 +706,7 @@ mod tests {
             cursor: 0,
             automatic: false,
             others: vec![open("file:///other.py")],
+            sent_version: None,
         };
         let host = ModelHost::new(); // no model: the request ends after its bookkeeping
         let settings = Settings {
@@ -488,14 +767,14 @@ mod tests {
     fn the_prompt_cache_keeps_the_most_recent_entries() {
         let completer = Completer::new();
         for i in 0..(CACHE_ENTRIES as u32 + 5) {
-            completer.remember(vec![i], Some(format!("answer {i}")));
+            completer.remember(vec![i], Some(format!("answer {i}")), None);
         }
         assert_eq!(completer.cached(&[0]), None, "evicted");
         assert_eq!(
             completer.cached(&[CACHE_ENTRIES as u32 + 4]),
             Some(Some(format!("answer {}", CACHE_ENTRIES + 4)))
         );
-        completer.remember(vec![7], None);
+        completer.remember(vec![7], None, None);
         assert_eq!(
             completer.cached(&[7]),
             Some(None),

@@ -305,7 +305,10 @@ async fn a_completion_runs_while_an_assist_job_pauses() {
     }
     // The assist job was paused, not stopped: it resumes and streams the rest.
     let assist = assist.finish().await.unwrap();
-    assert_eq!(assist.generation.ids, alone.ids, "the pause changed the answer");
+    assert_eq!(
+        assist.generation.ids, alone.ids,
+        "the pause changed the answer"
+    );
     assert_eq!(assist.stopped_by, None);
 }
 

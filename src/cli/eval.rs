@@ -202,6 +202,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     .map(|i| (uri(&files[i].rel_path), documents[i].clone()))
                     .collect()
             },
+            sent_version: None,
         };
         // A fresh completer per hole: its context is this hole's neighbours only, whatever the
         // order or the other holes.

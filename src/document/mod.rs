@@ -22,6 +22,8 @@ pub struct Document {
     rope: Rope,
     version: i32,
     language_id: String,
+    /// Where the last change's text ended (a char index): where the cursor most likely is.
+    edited_at: Option<usize>,
 }
 
 impl Document {
@@ -30,7 +32,14 @@ impl Document {
             rope: Rope::from_str(text),
             version,
             language_id: language_id.into(),
+            edited_at: None,
         }
+    }
+
+    /// The char index just past the text of the last incremental change, if the last change was
+    /// one (the cursor of someone typing).
+    pub fn edited_at(&self) -> Option<usize> {
+        self.edited_at.filter(|&at| at <= self.rope.len_chars())
     }
 
     pub fn rope(&self) -> &Rope {
@@ -67,6 +76,7 @@ impl Document {
     fn apply_change(&mut self, change: &TextChange, encoding: PositionEncoding) {
         let Some(range) = change.range else {
             self.rope = Rope::from_str(&change.text);
+            self.edited_at = None;
             return;
         };
         let a = self.char_index(range.start, encoding);
@@ -74,6 +84,14 @@ impl Document {
         let (start, end) = if a <= b { (a, b) } else { (b, a) };
         self.rope.remove(start..end);
         self.rope.insert(start, &change.text);
+        self.edited_at = Some(start + change.text.chars().count());
+    }
+
+    /// Inserts `text` at char index `at` (clamped to the end), as if the user typed it.
+    pub fn insert(&mut self, at: usize, text: &str) {
+        let at = at.min(self.rope.len_chars());
+        self.rope.insert(at, text);
+        self.edited_at = Some(at + text.chars().count());
     }
 
     /// The char index of `position`, clamped into the document.
@@ -105,6 +123,27 @@ mod tests {
             )),
             text: text.to_owned(),
         }
+    }
+
+    #[test]
+    fn the_end_of_the_last_edit_is_where_the_cursor_likely_is() {
+        let mut doc = Document::new("a😀\nb\n", 1, "python");
+        assert_eq!(doc.edited_at(), None);
+        doc.apply_changes(&[edit(0, 3, 0, 3, "xy")], 2, Utf16);
+        assert_eq!(doc.edited_at(), Some(4), "after a, 😀, x, y");
+        doc.apply_changes(&[edit(1, 0, 1, 1, "")], 3, Utf16);
+        assert_eq!(doc.edited_at(), Some(5), "a deletion leaves it at its start");
+        doc.insert(0, "# ");
+        assert_eq!(doc.edited_at(), Some(2));
+        doc.apply_changes(
+            &[TextChange {
+                range: None,
+                text: "new".into(),
+            }],
+            4,
+            Utf16,
+        );
+        assert_eq!(doc.edited_at(), None, "a full replacement says nothing");
     }
 
     #[test]

@@ -153,12 +153,9 @@ impl Job {
     /// Ends a job that will not run (dropped from a full queue, or replaced by a newer
     /// prefetch) as superseded: its caller gets an empty answer.
     pub(crate) fn drop_unserved(self) {
-        let _ = self.control.compare_exchange(
-            RUNNING,
-            SUPERSEDED,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        let _ =
+            self.control
+                .compare_exchange(RUNNING, SUPERSEDED, Ordering::SeqCst, Ordering::SeqCst);
         if let Some(result) = self.stopped_before_start() {
             self.finish(Ok(result));
         }

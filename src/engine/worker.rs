@@ -212,7 +212,10 @@ fn sized_assist_slot<'s>(
     let wanted = request.prompt.len() + request.max_new_tokens;
     let positions = wanted.div_ceil(ASSIST_SLOT_STEP).max(1) * ASSIST_SLOT_STEP;
     let positions = positions.min(model.llama.max_positions());
-    if slot.as_ref().is_none_or(|cache| cache.capacity() < positions) {
+    if slot
+        .as_ref()
+        .is_none_or(|cache| cache.capacity() < positions)
+    {
         *slot = None; // free the old one before allocating its replacement
         tracing::debug!("allocating an assist KV slot of {positions} positions");
         *slot = Some(model.llama.new_cache_for(positions)?);

@@ -44,7 +44,12 @@ pub struct Backend {
     pub(super) download: super::status::DownloadSender,
     /// Limits messages about a failing remote backend.
     backend_trouble: crate::remote::OncePer,
+    /// Counts edits and completion requests: a warm-up waits for a pause in them.
+    activity: Arc<std::sync::atomic::AtomicU64>,
 }
+
+/// How long the user must stop typing before the server prefills the prompt at the last edit.
+const TYPING_PAUSE: std::time::Duration = std::time::Duration::from_millis(400);
 
 /// A suggestion at a cursor, in the negotiated encoding.
 struct Placed {
@@ -70,6 +75,7 @@ impl Backend {
             startup_warning: std::sync::Mutex::default(),
             download: tokio::sync::watch::Sender::new(None),
             backend_trouble: crate::remote::OncePer::new(std::time::Duration::from_secs(60)),
+            activity: Arc::default(),
         }
     }
 
@@ -96,17 +102,23 @@ impl Backend {
             cursor,
             automatic,
             others: self.session.other_documents(uri.as_str()),
+            sent_version: None,
         })
     }
 
     /// Runs the completer for `uri` at `position`; `None` when there is nothing to show.
+    /// `wire_version` is the document's version when the request was read: if it changed since,
+    /// the answer would be for text the editor no longer has, so there is none.
     async fn suggest(
         &self,
         uri: &Uri,
         position: Position,
         automatic: bool,
+        wire_version: Option<i32>,
     ) -> Result<Option<Placed>> {
-        let request = self.completion_request(uri, position, automatic)?;
+        self.note_activity();
+        let mut request = self.completion_request(uri, position, automatic)?;
+        request.sent_version = wire_version;
         let encoding = self.session.encoding();
         let at = convert::to_lsp_position(request.document.position_of(request.cursor, encoding));
         let rope = request.document.rope();
@@ -162,12 +174,18 @@ impl Backend {
     /// tower-lsp-server's trait predates it.
     pub async fn inline_completion(
         &self,
-        params: InlineCompletionParams,
+        params: Pinned<InlineCompletionParams>,
     ) -> Result<Option<InlineCompletionResponse>> {
+        let (params, wire_version) = (params.params, params.wire_version);
         let position = params.text_document_position;
         let automatic = params.context.trigger_kind == InlineCompletionTriggerKind::AUTOMATIC;
         let items = self
-            .suggest(&position.text_document.uri, position.position, automatic)
+            .suggest(
+                &position.text_document.uri,
+                position.position,
+                automatic,
+                wire_version,
+            )
             .await?
             .map(|placed| InlineCompletionItem {
                 insert_text: placed.text,
@@ -278,6 +296,109 @@ impl Backend {
     fn apply_settings(&self, value: &serde_json::Value) -> std::result::Result<Settings, String> {
         let layer = SettingsLayer::from_json(value)?;
         self.session.apply_settings(&layer)
+    }
+}
+
+/// A request's parameters with the version its document had when the request was read (the
+/// transport adds it: see `transport::pin_document_version`).
+#[derive(Debug, serde::Deserialize)]
+pub struct Pinned<P> {
+    #[serde(flatten)]
+    params: P,
+    #[serde(rename = "codellama/wireVersion")]
+    wire_version: Option<i32>,
+}
+
+/// `codellama/warmup` `{textDocument, position}`: where the cursor is (on focus, after opening a
+/// file), so the server can prefill that prompt before the first keystroke.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmupParams {
+    text_document: TextDocumentIdentifier,
+    position: Position,
+}
+
+/// `codellama/stats`: what the completer did, and the sizes of per-document state.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Stats {
+    open_documents: usize,
+    /// Documents the completer holds state for (at most the open ones).
+    tracked_documents: usize,
+    /// Supersede keys the engine tracks (documents with a job in flight).
+    engine_keys: usize,
+    #[serde(flatten)]
+    completions: crate::completion::CompletionStats,
+}
+
+impl Backend {
+    /// Something happened that a warm-up must not interrupt (an edit, a request).
+    fn note_activity(&self) -> u64 {
+        self.activity
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            + 1
+    }
+
+    /// Called by the transport after each text synchronisation notification, in order.
+    pub fn after_text_sync(&self, synced: super::text_sync::Synced) {
+        use super::text_sync::Synced;
+        match synced {
+            Synced::Closed(uri) => self.completer.forget(&uri),
+            // Nothing says where the cursor is in a file just opened: clients tell it with
+            // `codellama/warmup`.
+            Synced::Opened(_) => {}
+            Synced::Changed(uri) => {
+                let tick = self.note_activity();
+                let (activity, session) = (self.activity.clone(), self.session.clone());
+                let (completer, host) = (self.completer.clone(), self.host.clone());
+                tokio::spawn(async move {
+                    tokio::time::sleep(TYPING_PAUSE).await;
+                    if activity.load(std::sync::atomic::Ordering::SeqCst) != tick {
+                        return; // more typing, or a request that will warm the cache itself
+                    }
+                    let Ok(document) = session.snapshot(&uri) else {
+                        return;
+                    };
+                    let Some(cursor) = document.edited_at() else {
+                        return;
+                    };
+                    let request = CompletionRequest {
+                        others: session.other_documents(&uri),
+                        uri,
+                        document,
+                        cursor,
+                        automatic: true,
+                        sent_version: None,
+                    };
+                    completer.warm_up(request, &session.settings(), &host).await;
+                });
+            }
+        }
+    }
+
+    /// `codellama/warmup`: prefill the prompt at the client's cursor in idle time.
+    pub async fn warmup(&self, params: WarmupParams) {
+        match self.completion_request(&params.text_document.uri, params.position, true) {
+            Ok(request) => {
+                let settings = self.session.settings();
+                self.completer.warm_up(request, &settings, &self.host).await;
+            }
+            Err(error) => tracing::debug!("codellama/warmup: {}", error.message),
+        }
+    }
+
+    /// `codellama/stats`.
+    pub async fn stats(&self, _params: Option<serde_json::Value>) -> Result<Stats> {
+        let engine_keys = match self.host.state() {
+            ModelState::Ready(model) => model.engine.tracked_keys(),
+            _ => 0,
+        };
+        Ok(Stats {
+            open_documents: self.session.open_document_count(),
+            tracked_documents: self.completer.tracked_documents(),
+            engine_keys,
+            completions: self.completer.stats(),
+        })
     }
 }
 
@@ -458,7 +579,12 @@ impl LanguageServer for Backend {
             context.trigger_kind != tower_lsp_server::ls_types::CompletionTriggerKind::INVOKED
         });
         let placed = self
-            .suggest(&position.text_document.uri, position.position, automatic)
+            .suggest(
+                &position.text_document.uri,
+                position.position,
+                automatic,
+                None,
+            )
             .await?;
         let items = placed
             .map(|placed| {

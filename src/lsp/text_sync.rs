@@ -19,12 +19,20 @@ pub fn is_text_sync(method: &str) -> bool {
     matches!(method, DID_OPEN | DID_CHANGE | DID_CLOSE)
 }
 
+/// What a text synchronisation notification did, for work that follows edits (warm-up).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Synced {
+    Opened(String),
+    Changed(String),
+    Closed(String),
+}
+
 /// Applies one text synchronisation notification. Problems (bad parameters, an unknown document)
 /// are logged: a notification has no response to carry them.
-pub fn apply(session: &Session, request: Request) {
+pub fn apply(session: &Session, request: Request) -> Option<Synced> {
     if !session.is_initialized() {
         tracing::warn!("ignored {} before initialize", request.method());
-        return;
+        return None;
     }
     let method = request.method().to_owned();
     let (_, _, params) = request.into_parts();
@@ -34,13 +42,23 @@ pub fn apply(session: &Session, request: Request) {
         apply_params(session, &method, params)
     }));
     match outcome {
-        Ok(Ok(())) => {}
-        Ok(Err(problem)) => tracing::warn!("{method}: {problem}"),
-        Err(_) => tracing::error!("{method}: internal error while applying the change"),
+        Ok(Ok(synced)) => Some(synced),
+        Ok(Err(problem)) => {
+            tracing::warn!("{method}: {problem}");
+            None
+        }
+        Err(_) => {
+            tracing::error!("{method}: internal error while applying the change");
+            None
+        }
     }
 }
 
-fn apply_params(session: &Session, method: &str, params: serde_json::Value) -> Result<(), String> {
+fn apply_params(
+    session: &Session,
+    method: &str,
+    params: serde_json::Value,
+) -> Result<Synced, String> {
     let invalid = |error: serde_json::Error| format!("invalid parameters: {error}");
     match method {
         DID_OPEN => {
@@ -48,9 +66,11 @@ fn apply_params(session: &Session, method: &str, params: serde_json::Value) -> R
                 serde_json::from_value(params).map_err(invalid)?;
             let item = params.text_document;
             let document = Document::new(&item.text, item.version, item.language_id);
+            let uri = item.uri.as_str().to_owned();
             session
-                .open(item.uri.as_str().to_owned(), document)
-                .map_err(|error| error.to_string())
+                .open(uri.clone(), document)
+                .map_err(|error| error.to_string())?;
+            Ok(Synced::Opened(uri))
         }
         DID_CHANGE => {
             let params: DidChangeTextDocumentParams =
@@ -63,15 +83,16 @@ fn apply_params(session: &Session, method: &str, params: serde_json::Value) -> R
             let document = params.text_document;
             session
                 .change(document.uri.as_str(), &changes, document.version)
-                .map_err(|error| error.to_string())
+                .map_err(|error| error.to_string())?;
+            Ok(Synced::Changed(document.uri.as_str().to_owned()))
         }
         DID_CLOSE => {
             let params: DidCloseTextDocumentParams =
                 serde_json::from_value(params).map_err(invalid)?;
-            session
-                .close(params.text_document.uri.as_str())
-                .map_err(|error| error.to_string())
+            let uri = params.text_document.uri.as_str().to_owned();
+            session.close(&uri).map_err(|error| error.to_string())?;
+            Ok(Synced::Closed(uri))
         }
-        _ => Ok(()),
+        _ => Err(format!("{method} is not text synchronisation")),
     }
 }

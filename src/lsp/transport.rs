@@ -49,6 +49,34 @@ fn cancel_progress(session: &Session, params: Option<&Value>) {
     }
 }
 
+/// The member of a request's parameters that carries the version its document had when the
+/// request was read (see [`pin_document_version`]).
+pub const WIRE_VERSION: &str = "codellama/wireVersion";
+
+/// Records in a completion request the version of its document as it stood when the request was
+/// read: the text that preceded it on the wire. Its handler may run after later edits were
+/// applied; it then knows the answer would be for text the editor no longer shows.
+fn pin_document_version(session: &Session, request: Request) -> Request {
+    if request.method() != "textDocument/inlineCompletion" {
+        return request;
+    }
+    let (method, id, params) = request.into_parts();
+    let mut params = params.unwrap_or_default();
+    let uri = params
+        .pointer("/textDocument/uri")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let version = uri.and_then(|uri| session.snapshot(&uri).ok().map(|d| d.version()));
+    if let (Some(version), Value::Object(members)) = (version, &mut params) {
+        members.insert(WIRE_VERSION.into(), version.into());
+    }
+    let builder = Request::build(method).params(params);
+    match id {
+        Some(id) => builder.id(id).finish(),
+        None => builder.finish(),
+    }
+}
+
 /// Why the read loop ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ending {
@@ -317,9 +345,12 @@ where
             }
         };
         if text_sync::is_text_sync(request.method()) {
-            text_sync::apply(&session, request);
+            if let Some(synced) = text_sync::apply(&session, request) {
+                service.inner().after_text_sync(synced);
+            }
             continue;
         }
+        let request = pin_document_version(&session, request);
         if request.method() == CANCEL_PROGRESS {
             // tower-lsp-server has no route for it; the work it cancels is registered here.
             cancel_progress(&session, request.params());

@@ -129,7 +129,10 @@ pub fn generate(
             return Ok(generation);
         };
         if let Some(slice) = request.prefill_slice {
-            size = size.min(pace.next_chunk(Some(slice), remaining).unwrap_or(MIN_PREFILL_CHUNK));
+            size = size.min(
+                pace.next_chunk(Some(slice), remaining)
+                    .unwrap_or(MIN_PREFILL_CHUNK),
+            );
         }
         let end = (at + size).min(prompt.len());
         let began = Instant::now();

@@ -177,6 +177,11 @@ impl LspClient {
             .unwrap_or_else(|| panic!("initialize failed: {response}"))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

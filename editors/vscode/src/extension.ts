@@ -113,9 +113,26 @@ class Extension implements vscode.Disposable {
       vscode.window.onDidChangeActiveTextEditor((editor) => {
         this.lastEditor = this.usable(editor) ?? this.lastEditor;
         this.status.refresh();
+        this.warmup(this.usable(editor));
       }),
       vscode.workspace.onDidChangeConfiguration((event) => this.configurationChanged(event)),
     );
+  }
+
+  /**
+   * Tells the server where the cursor is when an editor gets the focus, so it can prefill that
+   * prompt before the first keystroke. A notification: nothing waits for it.
+   */
+  private warmup(editor: vscode.TextEditor | undefined): void {
+    const client = editor && this.client?.isRunning() ? this.client : undefined;
+    if (!editor || !client || !inlineEnabled(editor.document.languageId)) return;
+    const c2p = client.code2ProtocolConverter;
+    void client
+      .sendNotification('codellama/warmup', {
+        textDocument: c2p.asTextDocumentIdentifier(editor.document),
+        position: c2p.asPosition(editor.selection.active),
+      })
+      .catch(() => undefined);
   }
 
   private usable(editor: vscode.TextEditor | undefined): vscode.TextEditor | undefined {
@@ -221,6 +238,7 @@ class Extension implements vscode.Disposable {
       await client.start();
       // Settings changed while it started went nowhere: catch up.
       void this.pushSettings();
+      this.warmup(this.usable(vscode.window.activeTextEditor));
     } catch (error) {
       this.output.error(`codellama-lsp did not start: ${errorText(error)}`);
       this.reportStartFailure(client, `codellama-lsp did not start: ${errorText(error)}`);

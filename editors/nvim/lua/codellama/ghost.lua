@@ -283,6 +283,24 @@ function M.request(bufnr, trigger)
   end
 end
 
+--- Tells the server where the cursor is, so it can prefill that prompt before the first
+--- keystroke (on entering the buffer or Insert mode). Costs nothing when it is already cached.
+function M.warmup(bufnr)
+  bufnr = bufnr or api.nvim_get_current_buf()
+  if not M.is_enabled(bufnr) or api.nvim_get_current_buf() ~= bufnr then
+    return
+  end
+  local client = util.client(bufnr)
+  if not client then
+    return
+  end
+  local row, col = util.cursor()
+  pcall(client.notify, client, "codellama/warmup", {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = util.lsp_position(bufnr, row, col, client.offset_encoding),
+  })
+end
+
 --- Restarts the debounce timer; the request goes out when typing pauses.
 function M.schedule(bufnr)
   local st = state(bufnr)
@@ -456,6 +474,11 @@ function M.attach(bufnr)
   end
   au({ "TextChangedI", "CursorMovedI" }, function()
     on_edit(bufnr)
+  end)
+  au({ "BufEnter", "InsertEnter" }, function()
+    vim.schedule(function()
+      M.warmup(bufnr)
+    end)
   end)
   if opts.trigger_on_insert_enter then
     au("InsertEnter", function()

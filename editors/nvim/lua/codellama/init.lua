@@ -74,6 +74,9 @@ local function on_attach(args)
     require("codellama.keys").attach_native(bufnr, client)
   else
     require("codellama.ghost").attach(bufnr)
+    vim.schedule(function()
+      require("codellama.ghost").warmup(bufnr)
+    end)
     require("codellama.keys").attach(bufnr)
   end
   -- Ask for the state once: notifications only tell of changes after this point.
