@@ -93,6 +93,9 @@ struct LastSuggestion {
 
 const CACHE_ENTRIES: usize = 64;
 
+/// How long after its deadline a completion still waits for the engine before answering empty.
+const GIVE_UP_AFTER_DEADLINE: Duration = Duration::from_millis(500);
+
 #[derive(Default)]
 pub struct Completer {
     last: Mutex<HashMap<String, LastSuggestion>>,
@@ -146,6 +149,8 @@ pub struct Counts {
     pub superseded: usize,
     /// Skipped because the document changed after the request was sent.
     pub stale: usize,
+    /// Given up on: the engine had not started them by their deadline (other work ran).
+    pub late: usize,
     /// Dropped by the client before they were answered.
     pub cancelled: usize,
 }
@@ -327,7 +332,15 @@ impl Completer {
             JobKind::Completion,
             Some(deadline),
         ));
-        let result = match job.finish().await {
+        // The engine returns what is ready at the deadline (at most one decode step late); a job
+        // still queued behind other work then is given up (dropping it cancels it).
+        let Ok(finished) =
+            tokio::time::timeout_at((deadline + GIVE_UP_AFTER_DEADLINE).into(), job.finish()).await
+        else {
+            lock(&self.stats).completions.late += 1;
+            return Ok((Outcome::Nothing, Some(Source::Model)));
+        };
+        let result = match finished {
             Ok(result) => result,
             // A server's trouble is not this request's error: the editor gets an empty answer
             // and the user one message about it (see `lsp::server`).
