@@ -132,7 +132,11 @@ mod tests {
         doc.apply_changes(&[edit(0, 3, 0, 3, "xy")], 2, Utf16);
         assert_eq!(doc.edited_at(), Some(4), "after a, 😀, x, y");
         doc.apply_changes(&[edit(1, 0, 1, 1, "")], 3, Utf16);
-        assert_eq!(doc.edited_at(), Some(5), "a deletion leaves it at its start");
+        assert_eq!(
+            doc.edited_at(),
+            Some(5),
+            "a deletion leaves it at its start"
+        );
         doc.insert(0, "# ");
         assert_eq!(doc.edited_at(), Some(2));
         doc.apply_changes(
