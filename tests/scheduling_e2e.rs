@@ -183,7 +183,7 @@ fn churn_of_documents_and_requests_leaves_state_bounded() {
     let requests = (100_000.0 * scale) as usize;
     let mut client = start();
     let small = "def f(x):\n    return x\n\n";
-    let mut request_batch = |client: &mut LspClient, uri: &str, count: usize| {
+    let request_batch = |client: &mut LspClient, uri: &str, count: usize| {
         let ids: Vec<i64> = (0..count)
             .map(|_| {
                 client.request(
