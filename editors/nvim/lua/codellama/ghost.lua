@@ -247,6 +247,14 @@ local function on_response(bufnr, st, req, err, result)
 end
 
 --- Asks the server for suggestions at the cursor.
+--- The document and cursor position of a request, in the client's encoding.
+local function cursor_params(bufnr, client, row, col)
+  return {
+    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
+    position = util.lsp_position(bufnr, row, col, client.offset_encoding),
+  }
+end
+
 function M.request(bufnr, trigger)
   bufnr = bufnr or api.nvim_get_current_buf()
   local st = state(bufnr)
@@ -267,11 +275,8 @@ function M.request(bufnr, trigger)
     col = col,
     trigger = trigger or TRIGGER_AUTOMATIC,
   }
-  local params = {
-    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
-    position = util.lsp_position(bufnr, row, col, client.offset_encoding),
-    context = { triggerKind = req.trigger },
-  }
+  local params = cursor_params(bufnr, client, row, col)
+  params.context = { triggerKind = req.trigger }
   st.request = req
   local ok, id = client:request("textDocument/inlineCompletion", params, function(err, result)
     on_response(bufnr, st, req, err, result)
@@ -295,10 +300,7 @@ function M.warmup(bufnr)
     return
   end
   local row, col = util.cursor()
-  pcall(client.notify, client, "codellama/warmup", {
-    textDocument = { uri = vim.uri_from_bufnr(bufnr) },
-    position = util.lsp_position(bufnr, row, col, client.offset_encoding),
-  })
+  pcall(client.notify, client, "codellama/warmup", cursor_params(bufnr, client, row, col))
 end
 
 --- Restarts the debounce timer; the request goes out when typing pauses.
