@@ -107,8 +107,11 @@ pub fn select(
         end += 1;
     }
     if end < lines {
-        // Snap the end back to a chunk boundary, keeping at least the cursor line's tail.
-        end = (end / snap * snap).max(cursor_line + 1);
+        // Snap the end back to a chunk boundary counted from the document's end, keeping at
+        // least the cursor line's tail: lines typed above the end then leave the suffix's text
+        // as it was (counted from the start, each new line would shift it by a line, and with
+        // the suffix first in the prompt, nothing after it could be reused).
+        end = (lines - (lines - end).div_ceil(snap) * snap).max(cursor_line + 1);
     }
     let mut suffix = tail;
     if end > cursor_line + 1 {
@@ -164,6 +167,8 @@ fn fit(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     /// One "token" per 4 bytes, rounded up: enough to exercise the budget arithmetic.
@@ -214,14 +219,14 @@ mod tests {
         assert!(window.suffix.starts_with(" 0500\n"));
         assert!(window.suffix.ends_with('\n'));
         assert_eq!(window.first_line % 8, 0);
-        assert_eq!(window.end_line % 8, 0);
+        assert_eq!((rope.len_lines() - window.end_line) % 8, 0);
     }
 
     #[test]
     fn the_start_stays_put_while_typing() {
         let mut text = document(400);
         let mut cursor_byte = text.find("line 0300").unwrap();
-        let mut starts = std::collections::HashSet::new();
+        let mut starts = HashSet::new();
         for ch in "let value = compute(42);".chars() {
             text.insert(cursor_byte, ch);
             cursor_byte += ch.len_utf8();
@@ -230,6 +235,26 @@ mod tests {
             starts.insert((window.first_line, window.end_line));
         }
         assert!(starts.len() <= 2, "the window moved {} times", starts.len());
+    }
+
+    /// New lines typed at the cursor leave the suffix's text (which comes first in SPM prompts)
+    /// and the prefix's start as they were, so the KV cache keeps nearly the whole prompt.
+    #[test]
+    fn the_edges_keep_their_text_while_typing_new_lines() {
+        let mut text = document(400);
+        let mut cursor_byte = text.find("line 0300").unwrap();
+        let (mut suffixes, mut starts) = (HashSet::new(), HashSet::new());
+        for ch in "def f(x):\n    y = x + 1\n    return y\n\n".chars() {
+            text.insert(cursor_byte, ch);
+            cursor_byte += ch.len_utf8();
+            let rope = Rope::from_str(&text);
+            let window = select(&rope, rope.byte_to_char(cursor_byte), &config(400), &count);
+            let prefix_start: String = window.prefix.chars().take(40).collect();
+            suffixes.insert(window.suffix);
+            starts.insert(prefix_start);
+        }
+        assert_eq!(suffixes.len(), 1, "{suffixes:?}");
+        assert_eq!(starts.len(), 1, "{starts:?}");
     }
 
     #[test]
