@@ -12,7 +12,9 @@ use candle_core::{Device, Tensor};
 
 use crate::model::gguf::{Array, GgmlType, GgufError, GgufWriter, Value};
 
+mod bench_model;
 mod families;
+pub use bench_model::{BenchQuant, BenchShape, write as write_bench_model};
 pub use families::{Family, SAMPLE_CODE, generate as generate_family};
 
 /// Every committed fixture: its file name and a generator of its bytes.
@@ -214,7 +216,9 @@ fn encode(
         GgmlType::F32 => GgmlDType::F32,
         GgmlType::F16 => GgmlDType::F16,
         GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
         GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
         other => {
             return Err(format!(
                 "the fixture generator does not write {}",
@@ -226,27 +230,39 @@ fn encode(
     Ok(quantized.data().map_err(|e| e.to_string())?.into_owned())
 }
 
-/// Builds one variant's file contents.
-pub fn generate(variant: Variant) -> Result<Vec<u8>, String> {
-    let mut rng = SplitMix64::new(0xC0DE_11A3A);
+/// The hyper-parameters that differ between the Code-Llama-shaped models written here.
+struct Dims {
+    embedding: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    feed_forward: usize,
+}
+
+/// A writer with the metadata of a Code-Llama-shaped model: llama architecture, RoPE base 1e6,
+/// a 16k context and the vocabulary with Code Llama's infilling tokens.
+fn code_llama_writer(name: String, dims: &Dims) -> GgufWriter {
     let mut writer = GgufWriter::new();
     let (tokens, scores, types) = vocabulary();
     writer
         .add("general.architecture", "llama")
-        .add(
-            "general.name",
-            Value::String(format!("codellama-lsp tiny {variant:?}")),
-        )
+        .add("general.name", Value::String(name))
         .add("general.alignment", Value::U32(32))
         .add("llama.context_length", Value::U32(CONTEXT))
-        .add("llama.embedding_length", Value::U32(EMBEDDING as u32))
-        .add("llama.block_count", Value::U32(LAYERS as u32))
-        .add("llama.feed_forward_length", Value::U32(FEED_FORWARD as u32))
-        .add("llama.attention.head_count", Value::U32(HEADS as u32))
-        .add("llama.attention.head_count_kv", Value::U32(KV_HEADS as u32))
+        .add("llama.embedding_length", Value::U32(dims.embedding as u32))
+        .add("llama.block_count", Value::U32(dims.layers as u32))
+        .add(
+            "llama.feed_forward_length",
+            Value::U32(dims.feed_forward as u32),
+        )
+        .add("llama.attention.head_count", Value::U32(dims.heads as u32))
+        .add(
+            "llama.attention.head_count_kv",
+            Value::U32(dims.kv_heads as u32),
+        )
         .add(
             "llama.rope.dimension_count",
-            Value::U32((EMBEDDING / HEADS) as u32),
+            Value::U32((dims.embedding / dims.heads) as u32),
         )
         .add("llama.rope.freq_base", Value::F32(1_000_000.0))
         .add("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
@@ -263,6 +279,22 @@ pub fn generate(variant: Variant) -> Result<Vec<u8>, String> {
         .add("tokenizer.ggml.fim_suf_token_id", Value::U32(FIM_SUFFIX))
         .add("tokenizer.ggml.fim_mid_token_id", Value::U32(FIM_MIDDLE))
         .add("tokenizer.ggml.eot_token_id", Value::U32(FIM_EOT));
+    writer
+}
+
+/// Builds one variant's file contents.
+pub fn generate(variant: Variant) -> Result<Vec<u8>, String> {
+    let mut rng = SplitMix64::new(0xC0DE_11A3A);
+    let mut writer = code_llama_writer(
+        format!("codellama-lsp tiny {variant:?}"),
+        &Dims {
+            embedding: EMBEDDING,
+            layers: LAYERS,
+            heads: HEADS,
+            kv_heads: KV_HEADS,
+            feed_forward: FEED_FORWARD,
+        },
+    );
 
     // The output projection is tied to the embeddings (no output.weight), which halves the
     // largest tensor and exercises the tied-weights path.

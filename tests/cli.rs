@@ -203,6 +203,115 @@ fn the_fixtures_command_checks_the_committed_files() {
     );
 }
 
+#[test]
+fn the_fixtures_command_refuses_a_bad_shape_request_and_leaves_no_file() {
+    let dir = tempdir().join("shape");
+    std::fs::create_dir_all(&dir).unwrap();
+    let folder = run(
+        &["fixtures", "--shape", "1b", "--out", dir.to_str().unwrap()],
+        b"",
+    );
+    assert_clean_failure(&folder, "is a folder");
+    let file = dir.join("random.gguf");
+    let heads = run(
+        &[
+            "fixtures",
+            "--shape",
+            "1b",
+            "--kv-heads",
+            "5",
+            "--out",
+            file.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_clean_failure(&heads, "do not divide 32 heads");
+    assert!(
+        std::fs::read_dir(&dir).unwrap().next().is_none(),
+        "a file was left"
+    );
+    let check = run(&["fixtures", "--shape", "7b", "--check"], b"");
+    assert!(!check.status.success());
+}
+
+/// `bench --lsp` against this binary with the fixture model: one short idle session, every
+/// request answered, the JSON shape scripts read.
+#[test]
+fn bench_lsp_types_over_real_lsp_and_reports_every_request_answered() {
+    let model = fixture("codellama-lsp-tiny-q8_0.gguf");
+    let started = std::time::Instant::now();
+    let output = run(
+        &[
+            "bench",
+            "--lsp",
+            "--model",
+            model.to_str().unwrap(),
+            "--device",
+            "cpu",
+            "--keystrokes",
+            "20",
+            "--scenarios",
+            "idle",
+            "--warmup-ms",
+            "300",
+            "--decode-step-ms",
+            "100",
+            "--json",
+        ],
+        b"",
+    );
+    let report = stdout_json(&output);
+    eprintln!("bench --lsp took {:?}", started.elapsed());
+    assert_eq!(report["keystrokes"], 20);
+    assert_eq!(report["max_tokens"], 32);
+    assert_eq!(report["deadline_ms"], 3000);
+    assert_eq!(report["decode_step_ms"], 100.0);
+    assert_eq!(report["decode_step_measured"], false);
+    assert!(report["document_lines"].as_u64().unwrap() > 300);
+    let scenarios = report["scenarios"].as_array().unwrap();
+    assert_eq!(scenarios.len(), 1, "{report}");
+    let idle = &scenarios[0];
+    assert_eq!(idle["scenario"], "idle");
+    assert_eq!(idle["requests"], 20, "{idle}");
+    assert_eq!(idle["answered"], 20, "{idle}");
+    assert_eq!(idle["unanswered"], 0, "{idle}");
+    assert_eq!(idle["errors"], 0, "{idle}");
+    let count = |key: &str| {
+        idle[key]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{key}: {idle}"))
+    };
+    assert_eq!(count("results") + count("cancelled_answers"), 20, "{idle}");
+    assert!(count("non_empty") <= count("results"));
+    assert!(count("cancelled") <= 20);
+    assert_eq!(count("deadline_violations"), 0, "{idle}");
+    let latency = &idle["latency_ms"];
+    let (p50, p95, max) = (
+        latency["p50"].as_f64().unwrap(),
+        latency["p95"].as_f64().unwrap(),
+        latency["max"].as_f64().unwrap(),
+    );
+    assert!(0.0 < p50 && p50 <= p95 && p95 <= max, "{latency}");
+    // codellama/stats may not be there yet: then these are null, never missing.
+    for key in [
+        "reused_share",
+        "wasted_tokens",
+        "speculative_hits",
+        "stats_delta",
+    ] {
+        assert!(idle.get(key).is_some(), "{key} missing: {idle}");
+    }
+    if cfg!(target_os = "linux") {
+        for when in ["loaded", "before", "after"] {
+            assert!(idle["rss"][when]["rss_kib"].as_u64().unwrap() > 0, "{idle}");
+            assert!(
+                idle["rss"][when]["peak_kib"].as_u64().unwrap() > 0,
+                "{idle}"
+            );
+        }
+    }
+}
+
 fn tempdir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("codellama-lsp-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

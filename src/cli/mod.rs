@@ -16,6 +16,7 @@ mod assist_commands;
 mod backend;
 mod complete;
 mod eval;
+mod lsp_bench;
 mod model_commands;
 mod models;
 mod typing_bench;
@@ -35,6 +36,10 @@ Examples:
   echo 'def f():' | codellama-lsp tokenize --model model.gguf
   codellama-lsp generate --model model.gguf --prompt 'def fib(n):' --max-tokens 32
   codellama-lsp bench --model model.gguf --json
+  codellama-lsp bench --lsp --model model.gguf --scenarios idle,assist
+                                     Editor latency over real LSP (a scripted typing session)
+  codellama-lsp fixtures --shape 1b --quant q4_k_m --out random-1b.gguf
+                                     A random 1B-shape model for benchmarks
   codellama-lsp eval --model model.gguf --seed 1 --report a.json
                                      Score completions on holes punched into real code
   codellama-lsp models pull          Download the default model (Code Llama 7B Instruct Q4_K_M)
@@ -180,6 +185,17 @@ fn describe(error: &anyhow::Error) -> String {
             message.push_str(&text);
         }
     }
+    // One line, whatever a file's keys and names hold (a key read with a damaged length can
+    // end in a newline).
+    if message.contains(char::is_control) {
+        message = message
+            .chars()
+            .map(|c| match c.is_control() {
+                true => c.escape_default().to_string(),
+                false => c.to_string(),
+            })
+            .collect();
+    }
     message
 }
 
@@ -217,6 +233,9 @@ fn run_serve(client_log: ClientLogReceiver, args: &ServeArgs) -> i32 {
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Prompt building runs on blocking threads: a burst of requests must not start hundreds
+        // of them (each thread costs a stack and, with glibc, a malloc arena that stays).
+        .max_blocking_threads(8)
         .enable_all()
         .build()
     {

@@ -77,6 +77,42 @@ pub struct BenchArgs {
     /// the server (running the same --model), to measure what the network path adds.
     #[command(flatten)]
     backend: super::backend::BackendArgs,
+    /// Instead: editor latency over real LSP. Starts this binary as `serve --stdio --model M`
+    /// per scenario and types into a 335-line Python file as an editor sends it (didChange,
+    /// inlineCompletion, $/cancelRequest); reports p50/p95/max from didChange to the answer,
+    /// non-empty answers, cancellations, late answers, prompt reuse and RSS.
+    #[arg(long, conflicts_with = "typing")]
+    lsp: bool,
+    /// The --lsp scenarios to run, each in a fresh server.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_values_t = super::lsp_bench::Scenario::ALL,
+        requires = "lsp"
+    )]
+    scenarios: Vec<super::lsp_bench::Scenario>,
+    /// Keystrokes typed per --lsp scenario.
+    #[arg(long, default_value_t = 200, value_name = "N", requires = "lsp")]
+    keystrokes: usize,
+    /// Seed of the --lsp keystroke timing.
+    #[arg(long, default_value_t = 1, value_name = "S", requires = "lsp")]
+    seed: u64,
+    /// The maxTokens setting sent to the --lsp server.
+    #[arg(long, default_value_t = 32, value_name = "N", requires = "lsp")]
+    max_tokens: usize,
+    /// The deadlineMs setting sent to the --lsp server.
+    #[arg(long, default_value_t = 3000, value_name = "MS", requires = "lsp")]
+    deadline_ms: u64,
+    /// How long the file is open (after the warm-up notification) before typing starts.
+    #[arg(long, default_value_t = 5000, value_name = "MS", requires = "lsp")]
+    warmup_ms: u64,
+    /// One decode step, the slack allowed past the deadline (default: measured first).
+    #[arg(long, value_name = "MS", requires = "lsp")]
+    decode_step_ms: Option<f64>,
+    /// Append the --lsp servers' stderr to this file (default: discarded).
+    #[arg(long, value_name = "FILE", requires = "lsp")]
+    server_log: Option<PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -246,6 +282,24 @@ fn peak_rss_mib() -> Option<f64> {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let backend = args.backend.choice()?;
+    if args.lsp {
+        if backend.remote().is_some() {
+            bail!("--backend is not supported with --lsp");
+        }
+        let options = super::lsp_bench::Options {
+            model: args.model.model.path()?,
+            device: args.model.device,
+            scenarios: args.scenarios.clone(),
+            keystrokes: args.keystrokes,
+            seed: args.seed,
+            max_tokens: args.max_tokens,
+            deadline_ms: args.deadline_ms,
+            warmup_ms: args.warmup_ms,
+            decode_step_ms: args.decode_step_ms,
+            server_log: args.server_log.clone(),
+        };
+        return super::lsp_bench::run(&options, args.json);
+    }
     if backend.remote().is_some() {
         if !args.typing {
             bail!("--backend is for the typing session: add --typing");
@@ -364,15 +418,80 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
 #[derive(Debug, Args)]
 pub struct FixturesArgs {
-    /// The folder to write into.
-    #[arg(long, default_value = "fixtures", value_name = "DIR")]
+    /// The folder to write into; with --shape, the file to write.
+    #[arg(long, default_value = "fixtures", value_name = "DIR|FILE")]
     out: PathBuf,
     /// Do not write: exit 1 unless the files there are byte-identical to freshly generated ones.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shape")]
     check: bool,
+    /// Instead: one random Code-Llama-shaped model of this size, for benchmarks (1b: width 2048,
+    /// 16 layers, 32 heads, 8 KV heads, FFN 5632; 7b: Code Llama 7B's shape). Deterministic.
+    #[arg(long, value_enum, value_name = "SHAPE")]
+    shape: Option<crate::fixtures::BenchShape>,
+    /// The storage types of the --shape model (q4_k_m mixes Q4_K and Q6_K as llama.cpp does).
+    #[arg(long, value_enum, default_value = "q4_k_m", requires = "shape")]
+    quant: crate::fixtures::BenchQuant,
+    /// Key/value heads of the --shape model (divides 32; default 8 for 1b, 32 for 7b).
+    #[arg(long, value_name = "N", requires = "shape")]
+    kv_heads: Option<usize>,
+}
+
+/// `fixtures --shape`: a large random model streamed to a `.part` file, renamed when complete.
+fn bench_model(args: &FixturesArgs, shape: crate::fixtures::BenchShape) -> Result<()> {
+    use std::io::IsTerminal;
+    let path = &args.out;
+    if path.is_dir() {
+        bail!(
+            "{} is a folder: with --shape, --out names the file to write (e.g. random-1b.gguf)",
+            path.display()
+        );
+    }
+    let kv_heads = args.kv_heads.unwrap_or(shape.default_kv_heads());
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = PathBuf::from(partial);
+    let started = Instant::now();
+    let file = std::fs::File::create(&partial)
+        .with_context(|| format!("creating {}", partial.display()))?;
+    let mut out = std::io::BufWriter::with_capacity(8 << 20, file);
+    let terminal = std::io::stderr().is_terminal();
+    let mut progress = |done: usize, total: usize| {
+        if terminal {
+            eprint!("\r{done}/{total} tensors");
+            if done == total {
+                eprintln!();
+            }
+        }
+    };
+    let written =
+        crate::fixtures::write_bench_model(shape, args.quant, kv_heads, &mut out, &mut progress)
+            .map_err(anyhow::Error::msg)
+            .and_then(|()| {
+                out.into_inner()
+                    .map_err(|e| e.into_error())?
+                    .sync_all()
+                    .map_err(anyhow::Error::from)
+            });
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&partial);
+        return Err(error.context(format!("writing {}", partial.display())));
+    }
+    std::fs::rename(&partial, path)
+        .with_context(|| format!("renaming {} to {}", partial.display(), path.display()))?;
+    let bytes = std::fs::metadata(path)?.len();
+    println!(
+        "{}: {bytes} bytes ({:.2} GiB, {kv_heads} KV heads) in {:.1} s",
+        path.display(),
+        bytes as f64 / f64::from(1u32 << 30),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 pub fn fixtures(args: &FixturesArgs) -> Result<()> {
+    if let Some(shape) = args.shape {
+        return bench_model(args, shape);
+    }
     for (name, bytes) in crate::fixtures::all() {
         let bytes = bytes.map_err(anyhow::Error::msg)?;
         let path = args.out.join(name);

@@ -186,8 +186,12 @@ impl LlamaConfig {
         let key_length = metadata.opt_u32(&key("attention.key_length"))?;
         let value_length = metadata.opt_u32(&key("attention.value_length"))?;
         if key_length != value_length {
+            let show =
+                |length: Option<u32>| length.map_or_else(|| "absent".into(), |n| n.to_string());
             return Err(invalid(format!(
-                "attention.key_length {key_length:?} differs from attention.value_length {value_length:?}, which is not supported"
+                "attention.key_length ({}) differs from attention.value_length ({}), which is not supported",
+                show(key_length),
+                show(value_length)
             )));
         }
         if key_length.is_none() && embedding_length % head_count != 0 {
@@ -241,10 +245,27 @@ impl LlamaConfig {
             .tensor("token_embd.weight")
             .ok_or_else(|| invalid("tensor 'token_embd.weight' is missing".to_owned()))?;
         let vocab_size = embeddings.dims.get(1).copied().unwrap_or(0) as usize;
-        if embeddings.dims.first().copied() != Some(embedding_length as u64) || vocab_size == 0 {
+        if embeddings.dims.len() != 2
+            || embeddings.dims[0] != embedding_length as u64
+            || vocab_size == 0
+        {
             return Err(invalid(format!(
                 "token_embd.weight has shape {:?}, expected [{embedding_length}, vocab]",
                 embeddings.dims
+            )));
+        }
+        // Layers past block_count would be silently ignored: the count contradicts the file.
+        if let Some(extra) = gguf.tensors.iter().find(|t| {
+            t.name
+                .strip_prefix("blk.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|layer| layer.parse::<usize>().ok())
+                .is_some_and(|layer| layer >= block_count)
+        }) {
+            return Err(invalid(format!(
+                "tensor '{}' belongs to a layer past {} = {block_count}",
+                extra.name,
+                key("block_count")
             )));
         }
         Ok(Self {

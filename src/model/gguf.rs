@@ -895,7 +895,11 @@ impl fmt::Display for Ctx<'_> {
         match self {
             Ctx::Header => write!(f, "the header"),
             Ctx::Key(i) => write!(f, "the key of metadata entry #{i}"),
-            Ctx::Value(i, k) => write!(f, "the value of metadata key '{k}' (entry #{i})"),
+            Ctx::Value(i, k) => write!(
+                f,
+                "the value of metadata key '{}' (entry #{i})",
+                shown_name(k)
+            ),
             Ctx::TensorInfos => write!(f, "the tensor info table"),
             Ctx::TensorInfo(i) => write!(f, "tensor info #{i}"),
         }
@@ -1118,6 +1122,24 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A key or tensor name from the file as an error message shows it: on one line, and short
+/// (a damaged length can make one of them anything up to the whole file).
+fn shown_name(name: &str) -> String {
+    const MAX_CHARS: usize = 80;
+    let mut shown: String = name
+        .chars()
+        .take(MAX_CHARS)
+        .map(|c| match c.is_control() {
+            true => c.escape_default().to_string(),
+            false => c.to_string(),
+        })
+        .collect();
+    if name.chars().nth(MAX_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 fn escape_magic(bytes: &[u8]) -> String {
     bytes
         .iter()
@@ -1182,7 +1204,11 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
         let ty = r.u32(ctx)?;
         let value = r.value(ty, 0, ty_at, ctx)?;
         if metadata.contains_key(&key) {
-            return Err(r.malformed(key_at, Ctx::Key(i), format!("duplicate key '{key}'")));
+            return Err(r.malformed(
+                key_at,
+                Ctx::Key(i),
+                format!("duplicate key '{}'", shown_name(&key)),
+            ));
         }
         metadata.insert(key, value);
     }
@@ -1224,7 +1250,10 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
             return Err(r.malformed(
                 dims_at,
                 ctx,
-                format!("tensor '{name}' has {n_dims} dimensions (must be 1 to {MAX_DIMS})"),
+                format!(
+                    "tensor '{}' has {n_dims} dimensions (must be 1 to {MAX_DIMS})",
+                    shown_name(&name)
+                ),
             ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
@@ -1236,14 +1265,14 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
         let invalid = |problem: String| {
             err(GgufError::InvalidTensor {
                 file: file.to_string(),
-                tensor: name.clone(),
+                tensor: shown_name(&name),
                 problem,
             })
         };
         let Some(ggml_type) = GgmlType::from_id(type_id) else {
             return Err(err(GgufError::UnknownTensorType {
                 file: file.to_string(),
-                tensor: name,
+                tensor: shown_name(&name),
                 type_id,
             }));
         };
@@ -1270,7 +1299,7 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
         let invalid = |problem: String| {
             err(GgufError::InvalidTensor {
                 file: file.to_string(),
-                tensor: t.name.clone(),
+                tensor: shown_name(&t.name),
                 problem,
             })
         };
@@ -1296,6 +1325,22 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
             }
         }
     }
+    // Two tensors sharing bytes cannot both hold their weights: the file is damaged (writers,
+    // llama.cpp's included, lay tensors out one after another).
+    let mut extents: Vec<(u64, u64, &str)> = tensors
+        .iter()
+        .map(|t| (t.offset, t.offset + t.size, t.name.as_str()))
+        .collect();
+    extents.sort_unstable();
+    if let Some(pair) = extents.windows(2).find(|pair| pair[1].0 < pair[0].1) {
+        return Err(err(GgufError::Invalid {
+            file: file.to_string(),
+            problem: format!(
+                "tensors {} and {} overlap in the file",
+                pair[0].2, pair[1].2
+            ),
+        }));
+    }
 
     Ok(GgufFile {
         version,
@@ -1310,6 +1355,15 @@ fn parse_prefix(buf: &[u8], file_len: u64, file: &str) -> Result<GgufFile, Fail>
 // ---------------------------------------------------------------------------------------------
 // writer
 // ---------------------------------------------------------------------------------------------
+
+/// A tensor for [`GgufWriter::write_streamed`]: its data is produced while writing.
+#[derive(Debug, Clone)]
+pub struct StreamedTensor {
+    pub name: String,
+    /// ggml order: the row length first.
+    pub dims: Vec<u64>,
+    pub ggml_type: GgmlType,
+}
 
 /// Builds a GGUF v3 file from metadata and raw tensor bytes (for deterministic test fixtures).
 #[derive(Debug, Clone)]
@@ -1382,6 +1436,21 @@ impl GgufWriter {
 
     /// The complete file contents.
     pub fn to_bytes(&self) -> Result<Vec<u8>, GgufError> {
+        let infos: Vec<&TensorInfo> = self.tensors.iter().map(|(t, _)| t).collect();
+        let (mut out, alignment) = self.header(&infos)?;
+        for (_, data) in &self.tensors {
+            pad_to(&mut out, alignment);
+            out.extend_from_slice(data);
+        }
+        if !self.tensors.is_empty() {
+            pad_to(&mut out, alignment);
+        }
+        Ok(out)
+    }
+
+    /// The header (magic, metadata, tensor infos with their data offsets) and the alignment of
+    /// the data section, which starts at the next multiple of it.
+    fn header(&self, tensors: &[&TensorInfo]) -> Result<(Vec<u8>, u64), GgufError> {
         let alignment = match self.metadata.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
             Some(Value::U32(a)) if a.is_power_of_two() => u64::from(*a),
@@ -1392,7 +1461,7 @@ impl GgufWriter {
         let mut out = Vec::new();
         out.extend_from_slice(&GGUF_MAGIC);
         out.extend_from_slice(&3u32.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
         out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
         for (key, value) in self.metadata.iter() {
             put_str(&mut out, key);
@@ -1400,7 +1469,7 @@ impl GgufWriter {
             put_value(&mut out, value);
         }
         let mut offset = 0u64;
-        for (t, _) in &self.tensors {
+        for t in tensors {
             put_str(&mut out, &t.name);
             out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
             for d in &t.dims {
@@ -1411,14 +1480,71 @@ impl GgufWriter {
             offset = align_up(offset + t.size, alignment)
                 .ok_or_else(|| self.invalid("tensor data too large".into()))?;
         }
-        for (_, data) in &self.tensors {
-            pad_to(&mut out, alignment);
-            out.extend_from_slice(data);
+        Ok((out, alignment))
+    }
+
+    /// Writes a file with this writer's metadata and `tensors` (instead of those added with
+    /// [`add_tensor`](Self::add_tensor)), whose data comes from `data(i)`, called once per
+    /// tensor in order: only one tensor's bytes need to be in memory at a time, so files of
+    /// gigabytes can be written. `data` must return exactly the size the type and dims require.
+    pub fn write_streamed(
+        &self,
+        out: &mut impl std::io::Write,
+        tensors: &[StreamedTensor],
+        mut data: impl FnMut(usize) -> Result<Vec<u8>, String>,
+    ) -> Result<(), GgufError> {
+        let mut infos: Vec<TensorInfo> = Vec::with_capacity(tensors.len());
+        let mut names = HashSet::new();
+        for t in tensors {
+            if t.dims.is_empty() || t.dims.len() > MAX_DIMS {
+                return Err(self.invalid(format!("tensor '{}' must have 1 to 4 dims", t.name)));
+            }
+            let size = t
+                .ggml_type
+                .tensor_size(&t.dims)
+                .map_err(|p| self.invalid(format!("tensor '{}' {p}", t.name)))?;
+            if !names.insert(t.name.as_str()) {
+                return Err(self.invalid(format!("duplicate tensor '{}'", t.name)));
+            }
+            infos.push(TensorInfo {
+                name: t.name.clone(),
+                dims: t.dims.clone(),
+                ggml_type: t.ggml_type,
+                offset: 0,
+                size,
+            });
         }
-        if !self.tensors.is_empty() {
-            pad_to(&mut out, alignment);
+        let io = |source: std::io::Error| GgufError::Io {
+            file: self.metadata.file.clone(),
+            source,
+        };
+        let (header, alignment) = self.header(&infos.iter().collect::<Vec<_>>())?;
+        let mut written = header.len() as u64;
+        out.write_all(&header).map_err(io)?;
+        let pad = |written: &mut u64, out: &mut dyn std::io::Write| {
+            let padding = written.div_ceil(alignment) * alignment - *written;
+            *written += padding;
+            out.write_all(&vec![0; padding as usize])
+        };
+        for (index, info) in infos.iter().enumerate() {
+            pad(&mut written, out).map_err(io)?;
+            let bytes = data(index)
+                .map_err(|problem| self.invalid(format!("tensor '{}': {problem}", info.name)))?;
+            if bytes.len() as u64 != info.size {
+                return Err(self.invalid(format!(
+                    "tensor '{}' needs {} bytes of data, got {}",
+                    info.name,
+                    info.size,
+                    bytes.len()
+                )));
+            }
+            out.write_all(&bytes).map_err(io)?;
+            written += info.size;
         }
-        Ok(out)
+        if !infos.is_empty() {
+            pad(&mut written, out).map_err(io)?;
+        }
+        out.flush().map_err(io)
     }
 
     /// Writes the file to `path`.

@@ -114,6 +114,18 @@ impl TensorSource<'_> {
                 file: file.to_owned(),
                 problem: format!("tensor '{name}' lies outside the file"),
             })?;
+        // candle reads the blocks in place, f16 and f32 fields included: bytes that are not
+        // aligned for them would be undefined behaviour. GGUF's alignment (a multiple of 8)
+        // within a page-aligned map guarantees it; `general.alignment = 1` does not.
+        if data.as_ptr().align_offset(8) != 0 {
+            return Err(ModelError::Invalid {
+                file: file.to_owned(),
+                problem: format!(
+                    "tensor '{name}' starts at file byte {}, which is not 8-byte aligned (general.alignment must be a multiple of 8)",
+                    self.gguf.tensor_file_offset(info)
+                ),
+            });
+        }
         // GGUF lists the fastest-varying dimension first; candle wants it last.
         let dims = info.dims.iter().rev().map(|&d| d as usize).collect();
         qtensor_from_ggml(dtype, data, dims, self.device).map_err(|source| {
@@ -135,8 +147,33 @@ impl TensorSource<'_> {
                 });
             }
         }
+        self.check_block_pairs(name)?;
         QMatMul::from_qtensor(self.qtensor(name)?)
             .map_err(|source| ModelError::candle(format!("preparing '{name}'"), source))
+    }
+
+    /// candle's dot products for Q4_1, Q5_0 and Q5_1 take a row's blocks in pairs (as ggml's
+    /// SIMD kernels do), so a matrix whose rows are an odd number of blocks is refused here
+    /// rather than failing an assertion in the middle of a forward pass.
+    fn check_block_pairs(&self, name: &str) -> Result<(), ModelError> {
+        let Some(info) = self.gguf.tensor(name) else {
+            return Ok(());
+        };
+        let paired = matches!(
+            info.ggml_type,
+            GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1
+        );
+        let row = info.dims.first().copied().unwrap_or(0);
+        if paired && (row / info.ggml_type.block_size()) % 2 != 0 {
+            return Err(ModelError::Invalid {
+                file: self.gguf.file_name().to_owned(),
+                problem: format!(
+                    "tensor '{name}' has rows of {row} values in {}, an odd number of blocks, which candle cannot multiply",
+                    info.ggml_type.name()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// A weight matrix and its bias, if the file has one (`….weight` → `….bias`).
@@ -254,6 +291,7 @@ impl Llama {
             source.matmul("output.weight", n_embd, vocab)?
         } else {
             // Tied embeddings: the output projection reuses the embedding matrix.
+            source.check_block_pairs("token_embd.weight")?;
             QMatMul::from_arc(embeddings.clone())
                 .map_err(|error| ModelError::candle("tying output to embeddings", error))?
         };
@@ -330,7 +368,7 @@ impl Llama {
             dtype,
             &self.device,
         )
-            .map_err(|error| ModelError::candle("allocating the KV cache", error))
+        .map_err(|error| ModelError::candle("allocating the KV cache", error))
     }
 
     /// Evaluates `tokens` at the positions following the cache's contents, appends them to the

@@ -1,5 +1,7 @@
 //! What a GGUF file holds, in a few facts: for `models info`, `models list` and `models verify`.
-//! Reads the header only; works on any architecture and on vocabulary-only files.
+//! Reads the header only; works on any architecture and on vocabulary-only files. The vocabulary
+//! of an architecture codellama-lsp runs must be readable (loading needs it); other
+//! architectures are described without one if need be.
 
 use std::collections::BTreeMap;
 
@@ -7,7 +9,7 @@ use serde::Serialize;
 
 use super::config::Architecture;
 use super::gguf::{GgufError, GgufFile};
-use super::tokenizer::Tokenizer;
+use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::prompt::{ChatTemplate, FimTemplate};
 
 #[derive(Clone, Debug, Serialize)]
@@ -67,7 +69,18 @@ pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
         .iter()
         .max_by_key(|(_, bytes)| **bytes)
         .map_or_else(|| "none".to_owned(), |(name, _)| name.clone());
-    let tokenizer = Tokenizer::from_gguf(gguf).ok();
+    let runs = Architecture::from_name(&architecture).is_some();
+    let tokenizer = match Tokenizer::from_gguf(gguf) {
+        Ok(tokenizer) => Some(tokenizer),
+        // Loading refuses a model we run whose vocabulary is broken (a special id out of range,
+        // arrays of different lengths): the summary must not describe it as a usable file.
+        Err(TokenizerError::Metadata(error)) if runs => return Err(error),
+        Err(TokenizerError::Invalid { file, problem }) if runs => {
+            return Err(GgufError::Invalid { file, problem });
+        }
+        // Other architectures are described as far as they can be, marked as not run.
+        Err(_) => None,
+    };
     let template = tokenizer
         .as_ref()
         .and_then(|t| FimTemplate::detect(t, name.as_deref().unwrap_or_default()).ok());
@@ -92,7 +105,7 @@ pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
                 pieces: [piece(t.prefix), piece(t.suffix), piece(t.middle)],
             }
         }),
-        runs: Architecture::from_name(&architecture).is_some(),
+        runs,
         name,
         architecture,
         context_length,
@@ -102,31 +115,4 @@ pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {
         parameters: gguf.tensors.iter().map(|t| t.n_elements()).sum(),
         size_bytes: gguf.file_len,
     })
-}
-
-/// Problems `models verify` finds beyond what reading the header already checks: tensors
-/// that overlap or share a name.
-pub fn layout_problems(gguf: &GgufFile) -> Vec<String> {
-    let mut problems = Vec::new();
-    let mut names = std::collections::HashSet::new();
-    for tensor in &gguf.tensors {
-        if !names.insert(tensor.name.as_str()) {
-            problems.push(format!("tensor {} appears twice", tensor.name));
-        }
-    }
-    let mut extents: Vec<(u64, u64, &str)> = gguf
-        .tensors
-        .iter()
-        .map(|t| (t.offset, t.offset + t.size, t.name.as_str()))
-        .collect();
-    extents.sort();
-    for pair in extents.windows(2) {
-        if pair[1].0 < pair[0].1 {
-            problems.push(format!(
-                "tensors {} and {} overlap in the file",
-                pair[0].2, pair[1].2
-            ));
-        }
-    }
-    problems
 }

@@ -690,3 +690,56 @@ fn typed_accessors_convert_and_explain() {
     assert!(f.metadata.get_str_array("arr.u8").is_err());
     assert!(f.metadata.get_f32_array("arr.i32").is_err());
 }
+
+#[test]
+fn a_streamed_file_is_byte_identical_to_one_built_in_memory() {
+    let tensors = [
+        ("a", vec![8u64, 3], GgmlType::F32),
+        ("b", vec![32u64], GgmlType::Q8_0),
+        ("c", vec![5u64], GgmlType::F16),
+    ];
+    let data = |index: usize| -> Vec<u8> {
+        let (_, dims, ggml_type) = &tensors[index];
+        let size = ggml_type.tensor_size(dims).unwrap() as usize;
+        (0..size).map(|i| (i * 7 + index) as u8).collect()
+    };
+    let mut in_memory = GgufWriter::new();
+    in_memory
+        .add("general.alignment", Value::U32(64))
+        .add("k", 7u32);
+    for (index, (name, dims, ggml_type)) in tensors.iter().enumerate() {
+        in_memory
+            .add_tensor(*name, dims, *ggml_type, data(index))
+            .unwrap();
+    }
+    let mut header_only = GgufWriter::new();
+    header_only
+        .add("general.alignment", Value::U32(64))
+        .add("k", 7u32);
+    let specs: Vec<StreamedTensor> = tensors
+        .iter()
+        .map(|(name, dims, ggml_type)| StreamedTensor {
+            name: (*name).to_owned(),
+            dims: dims.clone(),
+            ggml_type: *ggml_type,
+        })
+        .collect();
+    let mut streamed = Vec::new();
+    header_only
+        .write_streamed(&mut streamed, &specs, |index| Ok(data(index)))
+        .unwrap();
+    assert_eq!(streamed, in_memory.to_bytes().unwrap());
+
+    // A wrong size or a failing producer is an error naming the tensor.
+    let error = header_only
+        .write_streamed(&mut Vec::new(), &specs, |_| Ok(vec![0; 3]))
+        .unwrap_err();
+    assert!(
+        error.to_string().contains("tensor 'a' needs 96 bytes"),
+        "{error}"
+    );
+    let error = header_only
+        .write_streamed(&mut Vec::new(), &specs, |_| Err("no luck".into()))
+        .unwrap_err();
+    assert!(error.to_string().contains("'a': no luck"), "{error}");
+}

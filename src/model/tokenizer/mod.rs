@@ -10,6 +10,7 @@ pub use bpe::BpeTokenizer;
 pub use spm::{FimTokens, SpmConfig, SpmTokenizer, TokenType};
 
 use crate::model::gguf::{GgufError, GgufFile};
+use std::sync::Arc;
 
 /// Why a tokenizer could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -24,9 +25,10 @@ pub enum TokenizerError {
 
 #[derive(Clone, Debug)]
 enum Kind {
-    // Boxed: both are large, and a tokenizer is built once per model.
-    Spm(Box<SpmTokenizer>),
-    Bpe(Box<BpeTokenizer>),
+    // Shared: both are large (a vocabulary and its indexes), built once per model, and cloned
+    // for every prompt built on a blocking thread.
+    Spm(Arc<SpmTokenizer>),
+    Bpe(Arc<BpeTokenizer>),
 }
 
 /// A model's tokenizer, whichever kind its file asks for.
@@ -69,7 +71,7 @@ impl Tokenizer {
                 let spm = SpmTokenizer::from_gguf(file)?;
                 Ok(Self {
                     fim: spm.fim_tokens(),
-                    kind: Kind::Spm(Box::new(spm)),
+                    kind: Kind::Spm(Arc::new(spm)),
                 })
             }
             "gpt2" => {
@@ -78,8 +80,8 @@ impl Tokenizer {
                     tracing::warn!("{}: {warning}", file.file_name());
                 }
                 Ok(Self {
-                    fim: fim_from_metadata(file)?,
-                    kind: Kind::Bpe(Box::new(bpe)),
+                    fim: fim_from_metadata(file, bpe.vocab_size())?,
+                    kind: Kind::Bpe(Arc::new(bpe)),
                 })
             }
             other => Err(TokenizerError::Invalid {
@@ -94,7 +96,7 @@ impl Tokenizer {
     pub fn from_spm(spm: SpmTokenizer) -> Self {
         Self {
             fim: spm.fim_tokens(),
-            kind: Kind::Spm(Box::new(spm)),
+            kind: Kind::Spm(Arc::new(spm)),
         }
     }
 
@@ -319,17 +321,30 @@ fn split_user_defined<'t, 'v>(
     fragments
 }
 
-/// The FIM ids a GGUF file names (current `fim_*` keys or the older `prefix`/`suffix`/`middle`).
-fn fim_from_metadata(file: &GgufFile) -> Result<Option<FimTokens>, TokenizerError> {
-    let id = |new: &str, old: &str| -> Result<Option<u32>, GgufError> {
-        match file
+/// The FIM ids a GGUF file names (current `fim_*` keys or the older `prefix`/`suffix`/`middle`),
+/// each within the vocabulary of `vocab_size` tokens (as the SentencePiece reader requires).
+fn fim_from_metadata(
+    file: &GgufFile,
+    vocab_size: usize,
+) -> Result<Option<FimTokens>, TokenizerError> {
+    let id = |new: &str, old: &str| -> Result<Option<u32>, TokenizerError> {
+        let id = match file
             .metadata
             .opt_u32(&format!("tokenizer.ggml.{new}_token_id"))?
         {
-            Some(id) => Ok(Some(id)),
+            Some(id) => Some(id),
             None => file
                 .metadata
-                .opt_u32(&format!("tokenizer.ggml.{old}_token_id")),
+                .opt_u32(&format!("tokenizer.ggml.{old}_token_id"))?,
+        };
+        match id {
+            Some(id) if id as usize >= vocab_size => Err(TokenizerError::Invalid {
+                file: file.file_name().to_owned(),
+                problem: format!(
+                    "tokenizer.ggml.{new}_token_id {id} is out of range ({vocab_size} tokens)"
+                ),
+            }),
+            other => Ok(other),
         }
     };
     let (prefix, suffix, middle) = (
@@ -337,16 +352,20 @@ fn fim_from_metadata(file: &GgufFile) -> Result<Option<FimTokens>, TokenizerErro
         id("fim_suf", "suffix")?,
         id("fim_mid", "middle")?,
     );
-    let eot = file.metadata.opt_u32("tokenizer.ggml.eot_token_id")?;
     Ok(match (prefix, suffix, middle) {
-        (Some(prefix), Some(suffix), Some(middle)) => Some(FimTokens {
-            prefix,
-            suffix,
-            middle,
-            eot: eot
-                .or(file.metadata.opt_u32("tokenizer.ggml.eos_token_id")?)
-                .unwrap_or(middle),
-        }),
+        (Some(prefix), Some(suffix), Some(middle)) => {
+            // The BPE reader only warns about an end-of-sequence id out of range.
+            let eos = file
+                .metadata
+                .opt_u32("tokenizer.ggml.eos_token_id")?
+                .filter(|&eos| (eos as usize) < vocab_size);
+            Some(FimTokens {
+                prefix,
+                suffix,
+                middle,
+                eot: id("eot", "eot")?.or(eos).unwrap_or(middle),
+            })
+        }
         _ => None,
     })
 }
