@@ -240,6 +240,18 @@ fn run_job(
     let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
         generate(model, cache, &job.request, should_stop, &mut on_text)
     }));
+    if let Ok(Ok(generation)) = &outcome {
+        tracing::debug!(
+            "engine: {:?} job, {} prompt tokens ({} reused), {} generated, prefill {:.0} ms, decode {:.0} ms, {:?}",
+            job.kind,
+            generation.prompt_tokens,
+            generation.reused_tokens,
+            generation.ids.len(),
+            generation.prefill_ms,
+            generation.decode_ms,
+            generation.finish
+        );
+    }
     match outcome {
         Ok(Ok(generation)) => Ok(JobResult {
             stopped_by: (generation.finish == FinishReason::Stopped)
