@@ -111,7 +111,9 @@ pub fn select(
         // least the cursor line's tail: lines typed above the end then leave the suffix's text
         // as it was (counted from the start, each new line would shift it by a line, and with
         // the suffix first in the prompt, nothing after it could be reused).
-        end = (lines - (lines - end).div_ceil(snap) * snap).max(cursor_line + 1);
+        end = lines
+            .saturating_sub((lines - end).div_ceil(snap) * snap)
+            .max(cursor_line + 1);
     }
     let mut suffix = tail;
     if end > cursor_line + 1 {
@@ -255,6 +257,23 @@ mod tests {
         }
         assert_eq!(suffixes.len(), 1, "{suffixes:?}");
         assert_eq!(starts.len(), 1, "{starts:?}");
+    }
+
+    /// Every budget, cursor and document length gives a window (the end, snapped from the
+    /// document's end, once went below zero in short documents).
+    #[test]
+    fn any_budget_and_cursor_give_a_window() {
+        for lines in 0..40 {
+            let text = document(lines);
+            let rope = Rope::from_str(&text);
+            for budget in [0, 1, 2, 5, 13, 40, 400] {
+                for cursor in (0..=rope.len_chars()).step_by(7) {
+                    let window = select(&rope, cursor, &config(budget), &count);
+                    assert!(window.end_line <= rope.len_lines());
+                    assert!(window.first_line <= rope.char_to_line(cursor));
+                }
+            }
+        }
     }
 
     #[test]
