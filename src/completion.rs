@@ -419,7 +419,7 @@ impl Completer {
                 return;
             };
             let prompt = built.prompt;
-            if completer.cached(&prompt.ids).is_some() {
+            if completer.remembers(&prompt.ids) {
                 return;
             }
             let job = model.engine.submit(completion_job(
@@ -674,6 +674,13 @@ impl Completer {
         Some(entry.text.clone())
     }
 
+    /// Whether `prompt`'s answer is in the recent-prompt cache (without using it).
+    fn remembers(&self, prompt: &[u32]) -> bool {
+        lock(&self.recent)
+            .iter()
+            .any(|entry| entry.prompt == prompt)
+    }
+
     fn remember(&self, prompt: Vec<u32>, text: Option<String>, speculative_tokens: Option<usize>) {
         let mut recent = lock(&self.recent);
         recent.retain(|entry| entry.prompt != prompt);
@@ -793,5 +800,23 @@ mod tests {
             Some(None),
             "an empty answer is cached too"
         );
+    }
+
+    #[test]
+    fn a_speculative_answer_counts_as_a_hit_once_and_is_no_longer_waste() {
+        let completer = Completer::new();
+        lock(&completer.stats).wasted_tokens = 12;
+        completer.remember(vec![1, 2, 3], Some("next".into()), Some(12));
+        assert!(completer.remembers(&[1, 2, 3]));
+        assert_eq!(
+            completer.stats().completions.speculative_hits,
+            0,
+            "looking is not using"
+        );
+        assert_eq!(completer.cached(&[1, 2, 3]), Some(Some("next".into())));
+        assert_eq!(completer.cached(&[1, 2, 3]), Some(Some("next".into())));
+        let stats = completer.stats();
+        assert_eq!(stats.completions.speculative_hits, 1);
+        assert_eq!(stats.wasted_tokens, 0);
     }
 }
