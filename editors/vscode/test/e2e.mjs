@@ -125,12 +125,17 @@ async function runCommand(title) {
   await page.keyboard.press('Enter');
 }
 
-/** Opens the light-bulb menu (Ctrl+.) and runs the action titled `title`. */
-async function pickCodeAction(title) {
+/**
+ * Opens the light-bulb menu (Ctrl+.) and runs the action titled `title`. `prepare` puts the
+ * cursor or selection in place before each attempt (a failed attempt ends with Escape, which
+ * drops a selection).
+ */
+async function pickCodeAction(title, prepare = async () => {}) {
   const rows = page.locator('.action-widget .monaco-list-row');
   await waitFor(`the code action "${title}"`, async () => {
     if (!(await rows.first().isVisible().catch(() => false))) {
       // (No Escape before: in the editor it would drop the selection.)
+      await prepare();
       await page.keyboard.press('Control+Period');
       await rows.first().waitFor({ state: 'visible', timeout: 8000 }).catch(() => {});
     }
@@ -232,9 +237,8 @@ async function main() {
   t = lap('accept + save', t);
 
   // 4. The light bulb (Ctrl+.) offers "Generate docstring for `name`"; it inserts a docstring.
-  await goTo(docstringAt.line, docstringAt.character);
   const title = `Generate docstring for \`${docstringName}\``;
-  await pickCodeAction(title);
+  await pickCodeAction(title, () => goTo(docstringAt.line, docstringAt.character));
   log(`picked "${title}"`);
   await waitFor('the docstring in the editor', async () =>
     (await page.locator('.editor-instance .monaco-editor .view-lines').first().innerText()).includes('"""'));
@@ -252,10 +256,11 @@ async function main() {
   const before = readFile();
   const defLine = before.split('\n').findIndex((l) => l.startsWith('def perimeter')) + 1;
   if (defLine === 0) fail(`no "def perimeter" in ${file}:\n${before}`);
-  await goTo(defLine, 1);
-  await page.keyboard.press('Shift+ArrowDown');
-  await page.keyboard.press('Shift+End');
-  await pickCodeAction('Edit with instruction…');
+  await pickCodeAction('Edit with instruction…', async () => {
+    await goTo(defLine, 1);
+    await page.keyboard.press('Shift+ArrowDown');
+    await page.keyboard.press('Shift+End');
+  });
   const box = page.locator('.quick-input-widget .quick-input-box input');
   await box.waitFor({ state: 'visible', timeout: 15000 }).catch(() => fail('"Edit with instruction…" showed no input box'));
   const boxTitle = (await page.locator('.quick-input-widget .quick-input-title').innerText().catch(() => '')).trim();
@@ -310,10 +315,11 @@ async function main() {
   // 8. The light bulb's "Explain this code" answers in the chat view (not in a notification).
   const entriesBefore = await chat.locator('.entry').count();
   await page.locator('.tabs-container .tab', { hasText: file }).first().click();
-  await goTo(4, 1);
-  await page.keyboard.press('Shift+ArrowDown');
-  await page.keyboard.press('Shift+ArrowDown');
-  await pickCodeAction('Explain this code');
+  await pickCodeAction('Explain this code', async () => {
+    await goTo(4, 1);
+    await page.keyboard.press('Shift+ArrowDown');
+    await page.keyboard.press('Shift+ArrowDown');
+  });
   const explained = await waitFor('the explanation in the chat view', async () => {
     const entries = await chat.locator('.entry').allInnerTexts().catch(() => []);
     const idle = await chat.locator('#send').isEnabled().catch(() => false);
