@@ -93,8 +93,10 @@ struct LastSuggestion {
 
 const CACHE_ENTRIES: usize = 64;
 
-/// How long after its deadline a completion still waits for the engine before answering empty.
+/// How long after its deadline a completion still waits for the engine before answering empty:
+/// one decode step (the engine stops between tokens) and a little slack, at most this.
 const GIVE_UP_AFTER_DEADLINE: Duration = Duration::from_millis(500);
+const GIVE_UP_SLACK: Duration = Duration::from_millis(20);
 
 #[derive(Default)]
 pub struct Completer {
@@ -103,6 +105,9 @@ pub struct Completer {
     recent: Mutex<VecDeque<Remembered>>,
     context: Mutex<ContextState>,
     stats: Mutex<CompletionStats>,
+    /// How long one decode step took in the last completion that made several: how late an
+    /// answer may be after its deadline.
+    decode_step: Mutex<Option<Duration>>,
 }
 
 /// A prompt and its post-processed answer.
@@ -335,7 +340,7 @@ impl Completer {
         // The engine returns what is ready at the deadline (at most one decode step late); a job
         // still queued behind other work then is given up (dropping it cancels it).
         let Ok(finished) =
-            tokio::time::timeout_at((deadline + GIVE_UP_AFTER_DEADLINE).into(), job.finish()).await
+            tokio::time::timeout_at((deadline + self.give_up_after()).into(), job.finish()).await
         else {
             lock(&self.stats).completions.late += 1;
             return Ok((Outcome::Nothing, Some(Source::Model)));
@@ -350,6 +355,11 @@ impl Completer {
             Err(problem) => return Err(problem),
         };
         let generation = &result.generation;
+        if generation.ids.len() >= 2 {
+            let steps = (generation.ids.len() - 1) as f64;
+            let step = Duration::from_secs_f64(generation.decode_ms / 1000.0 / steps);
+            *lock(&self.decode_step) = Some(step);
+        }
         {
             let mut stats = lock(&self.stats);
             stats.prompt_tokens += generation.prompt_tokens;
@@ -490,6 +500,13 @@ impl Completer {
                 lock(&completer.stats).warmups_finished += 1;
             }
         });
+    }
+
+    /// How long after its deadline a completion gives up waiting for the engine.
+    fn give_up_after(&self) -> Duration {
+        lock(&self.decode_step).map_or(GIVE_UP_AFTER_DEADLINE, |step| {
+            (step + GIVE_UP_SLACK).min(GIVE_UP_AFTER_DEADLINE)
+        })
     }
 
     /// What the completer has done so far.
