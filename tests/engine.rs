@@ -28,20 +28,30 @@ fn request(prompt: &[u32], max_new_tokens: usize) -> JobRequest {
     }
 }
 
+/// The generation of `prompt` run directly, with nothing else on the engine: the reference.
+fn generate_alone(
+    model: &LoadedModel,
+    cache: &mut codellama_lsp::model::KvCache,
+    prompt: &[u32],
+    max_new_tokens: usize,
+) -> codellama_lsp::model::generate::Generation {
+    codellama_lsp::model::generate::generate(
+        model,
+        cache,
+        &request(prompt, max_new_tokens).generation,
+        &mut || false,
+        &mut |_| {},
+    )
+    .unwrap()
+}
+
 const PROMPT: [u32; 10] = [1, 455, 403, 408, 394, 278, 418, 280, 314, 13];
 
 #[tokio::test]
 async fn a_job_streams_text_and_matches_a_direct_generation() {
     let model = model();
     let mut cache = model.llama.new_cache().unwrap();
-    let direct = codellama_lsp::model::generate::generate(
-        &model,
-        &mut cache,
-        &request(&PROMPT, 20).generation,
-        &mut || false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let direct = generate_alone(&model, &mut cache, &PROMPT, 20);
     let engine = Engine::start(model).unwrap();
     let mut job = engine.submit(request(&PROMPT, 20));
     let mut streamed = String::new();
@@ -185,14 +195,7 @@ async fn errors_come_back_as_messages_and_the_engine_keeps_going() {
 async fn stop_strings_end_the_generation_and_are_not_returned() {
     let model = model();
     let mut cache = model.llama.new_cache().unwrap();
-    let plain = codellama_lsp::model::generate::generate(
-        &model,
-        &mut cache,
-        &request(&PROMPT, 12).generation,
-        &mut || false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let plain = generate_alone(&model, &mut cache, &PROMPT, 12);
     // Use a piece of the model's own greedy output as the stop string.
     let stop: String = plain.text.chars().skip(2).take(2).collect();
     assert!(
@@ -272,22 +275,8 @@ async fn a_completion_runs_while_an_assist_job_pauses() {
     let model = model();
     let assist_prompt = long_prompt(1, 40);
     let mut cache = model.llama.new_cache().unwrap();
-    let alone = codellama_lsp::model::generate::generate(
-        &model,
-        &mut cache,
-        &request(&assist_prompt, 1000).generation,
-        &mut || false,
-        &mut |_| {},
-    )
-    .unwrap();
-    let completion_alone = codellama_lsp::model::generate::generate(
-        &model,
-        &mut cache,
-        &request(&PROMPT, 6).generation,
-        &mut || false,
-        &mut |_| {},
-    )
-    .unwrap();
+    let alone = generate_alone(&model, &mut cache, &assist_prompt, 1000);
+    let completion_alone = generate_alone(&model, &mut cache, &PROMPT, 6);
     let engine = Engine::start(model).unwrap();
     let mut assist = engine.submit(of_kind(JobKind::Assist, &assist_prompt, 1000));
     first_text(&mut assist).await;

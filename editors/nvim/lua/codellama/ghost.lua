@@ -247,6 +247,14 @@ local function on_response(bufnr, st, req, err, result)
 end
 
 --- Asks the server for suggestions at the cursor.
+--- Our client for `bufnr` when suggestions are enabled there and it is the current buffer.
+local function active_client(bufnr)
+  if not M.is_enabled(bufnr) or api.nvim_get_current_buf() ~= bufnr then
+    return nil
+  end
+  return util.client(bufnr)
+end
+
 --- The document and cursor position of a request, in the client's encoding.
 local function cursor_params(bufnr, client, row, col)
   return {
@@ -259,10 +267,7 @@ function M.request(bufnr, trigger)
   bufnr = bufnr or api.nvim_get_current_buf()
   local st = state(bufnr)
   stop_timer(st)
-  if not M.is_enabled(bufnr) or not in_insert_mode() or api.nvim_get_current_buf() ~= bufnr then
-    return
-  end
-  local client = util.client(bufnr)
+  local client = in_insert_mode() and active_client(bufnr)
   if not client then
     return
   end
@@ -292,10 +297,7 @@ end
 --- keystroke (on entering the buffer or Insert mode). Costs nothing when it is already cached.
 function M.warmup(bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
-  if not M.is_enabled(bufnr) or api.nvim_get_current_buf() ~= bufnr then
-    return
-  end
-  local client = util.client(bufnr)
+  local client = active_client(bufnr)
   if not client then
     return
   end
