@@ -42,7 +42,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let dims: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
         let tensor = qtensor_from_ggml(source_type, data, dims.clone(), &Device::Cpu)?
             .dequantize(&Device::Cpu)?;
-        let (encoded, stored) = if dims.len() == 2 && dims[1] % dtype.block_size() == 0 {
+        let (encoded, stored) = if dims.len() == 2 && dims[1].is_multiple_of(dtype.block_size()) {
             (
                 QTensor::quantize(&tensor, dtype)?.data()?.into_owned(),
                 ggml_type,

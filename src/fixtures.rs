@@ -79,7 +79,7 @@ impl Variant {
         match self {
             Variant::F16 => GgmlType::F16,
             Variant::Q8_0 => GgmlType::Q8_0,
-            Variant::Q4KMixed if row_len % 256 == 0 => GgmlType::Q4_K,
+            Variant::Q4KMixed if row_len.is_multiple_of(256) => GgmlType::Q4_K,
             Variant::Q4KMixed => GgmlType::Q8_0,
         }
     }

@@ -549,7 +549,7 @@ impl Progress {
             }
             None => {
                 let step = (self.total / 10).max(1);
-                if done % step == 0 || done == self.total {
+                if done.is_multiple_of(step) || done == self.total {
                     eprintln!(
                         "codellama-lsp: eval: {done}/{} holes, {message}",
                         self.total

@@ -536,10 +536,10 @@ fn read_messages(stdout: impl Read, writer: &Mutex<ChildStdin>, sender: &mpsc::S
             if line.is_empty() {
                 break;
             }
-            if let Some((name, value)) = line.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse::<usize>().ok();
-                }
+            if let Some((name, value)) = line.split_once(':')
+                && name.eq_ignore_ascii_case("content-length")
+            {
+                length = value.trim().parse::<usize>().ok();
             }
         }
         let Some(length) = length else { return };
@@ -722,12 +722,12 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
                 job.service(&mut server, true)?;
             }
         }
-        if let Some(previous) = sent.last_mut() {
-            if !server.answers.contains_key(&previous.id) {
-                server.notify("$/cancelRequest", json!({"id": previous.id}))?;
-                previous.cancelled = true;
-                cancels += 1;
-            }
+        if let Some(previous) = sent.last_mut()
+            && !server.answers.contains_key(&previous.id)
+        {
+            server.notify("$/cancelRequest", json!({"id": previous.id}))?;
+            previous.cancelled = true;
+            cancels += 1;
         }
         version += 1;
         let position = json!({"line": cursor.0, "character": cursor.1});

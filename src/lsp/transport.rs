@@ -127,15 +127,15 @@ impl<R: AsyncBufRead + Unpin> FrameReader<R> {
                 continue; // stray blank lines between messages are harmless
             }
             saw_header = true;
-            if let Some((name, value)) = line.split_once(':') {
-                if name.trim().eq_ignore_ascii_case("content-length") {
-                    content_length = Some(
-                        value
-                            .trim()
-                            .parse::<usize>()
-                            .map_err(|_| format!("invalid Content-Length {:?}", value.trim())),
-                    );
-                }
+            if let Some((name, value)) = line.split_once(':')
+                && name.trim().eq_ignore_ascii_case("content-length")
+            {
+                content_length = Some(
+                    value
+                        .trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("invalid Content-Length {:?}", value.trim())),
+                );
             }
         }
         let length = match content_length {
@@ -241,10 +241,10 @@ pub fn classify(body: &[u8]) -> Incoming {
             )),
         };
     }
-    if object.contains_key("result") || object.contains_key("error") {
-        if let Ok(response) = serde_json::from_value::<Response>(value) {
-            return Incoming::Response(response);
-        }
+    if (object.contains_key("result") || object.contains_key("error"))
+        && let Ok(response) = serde_json::from_value::<Response>(value)
+    {
+        return Incoming::Response(response);
     }
     Incoming::Invalid(error_response(
         id,

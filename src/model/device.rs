@@ -60,15 +60,15 @@ impl DeviceSpec {
         match self {
             Self::Cpu => Ok(Device::Cpu),
             Self::Auto => {
-                if candle_core::utils::cuda_is_available() {
-                    if let Ok(device) = Device::new_cuda(0) {
-                        return Ok(device);
-                    }
+                if candle_core::utils::cuda_is_available()
+                    && let Ok(device) = Device::new_cuda(0)
+                {
+                    return Ok(device);
                 }
-                if candle_core::utils::metal_is_available() {
-                    if let Ok(device) = Device::new_metal(0) {
-                        return Ok(device);
-                    }
+                if candle_core::utils::metal_is_available()
+                    && let Ok(device) = Device::new_metal(0)
+                {
+                    return Ok(device);
                 }
                 Ok(Device::Cpu)
             }

@@ -12,12 +12,13 @@ use std::path::Path;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_from_ggml};
-use candle_core::{D, DType, Device, Module, Tensor};
+use candle_core::{D, DType, Device, Tensor};
 
 use super::ModelError;
 use super::config::{FeedForward, LlamaConfig, RopeStyle};
 use super::gguf::{GgmlType, GgufFile};
 use super::kv_cache::KvCache;
+use super::projection::Projection;
 
 /// Positions supported when the caller does not say: the completion prompt budget's default.
 /// It bounds the RoPE tables and the KV cache (whose memory grows with it), so it stays modest
@@ -26,7 +27,7 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 
 /// A projection, with the bias some families add.
 struct Linear {
-    weight: QMatMul,
+    weight: Projection,
     bias: Option<Tensor>,
 }
 
@@ -80,7 +81,7 @@ pub struct Llama {
     embeddings: Arc<QTensor>,
     layers: Vec<Layer>,
     norm: Norm,
-    output: QMatMul,
+    output: Projection,
     rotations: Rotations,
     /// The largest position count this instance supports (RoPE tables and cache capacity).
     max_positions: usize,
@@ -135,21 +136,35 @@ impl TensorSource<'_> {
 
     /// A weight matrix mapping `inputs` values to `outputs`; its shape is checked against the
     /// configuration so that a file that contradicts itself fails here, not mid-generation.
-    fn matmul(&self, name: &str, inputs: usize, outputs: usize) -> Result<QMatMul, ModelError> {
-        if let Some(info) = self.gguf.tensor(name) {
-            if info.dims != [inputs as u64, outputs as u64] {
-                return Err(ModelError::Invalid {
-                    file: self.gguf.file_name().to_owned(),
-                    problem: format!(
-                        "tensor '{name}' has shape {:?}, but the metadata implies [{inputs}, {outputs}]",
-                        info.dims
-                    ),
-                });
-            }
+    fn matmul(&self, name: &str, inputs: usize, outputs: usize) -> Result<Projection, ModelError> {
+        if let Some(info) = self.gguf.tensor(name)
+            && info.dims != [inputs as u64, outputs as u64]
+        {
+            return Err(ModelError::Invalid {
+                file: self.gguf.file_name().to_owned(),
+                problem: format!(
+                    "tensor '{name}' has shape {:?}, but the metadata implies [{inputs}, {outputs}]",
+                    info.dims
+                ),
+            });
         }
         self.check_block_pairs(name)?;
+        if let Some(projection) = self.kernel(name, inputs, outputs) {
+            return Ok(projection);
+        }
         QMatMul::from_qtensor(self.qtensor(name)?)
+            .map(Projection::Candle)
             .map_err(|source| ModelError::candle(format!("preparing '{name}'"), source))
+    }
+
+    /// The matrix repacked for our CPU kernels, when they cover its type and shape.
+    fn kernel(&self, name: &str, inputs: usize, outputs: usize) -> Option<Projection> {
+        let info = self.gguf.tensor(name)?;
+        if info.dims != [inputs as u64, outputs as u64] {
+            return None;
+        }
+        let data = self.gguf.tensor_data(self.bytes, info)?;
+        Projection::kernel(self.device, info.ggml_type, data, outputs, inputs)
     }
 
     /// candle's dot products for Q4_1, Q5_0 and Q5_1 take a row's blocks in pairs (as ggml's
@@ -292,8 +307,12 @@ impl Llama {
         } else {
             // Tied embeddings: the output projection reuses the embedding matrix.
             source.check_block_pairs("token_embd.weight")?;
-            QMatMul::from_arc(embeddings.clone())
-                .map_err(|error| ModelError::candle("tying output to embeddings", error))?
+            match source.kernel("token_embd.weight", n_embd, vocab) {
+                Some(projection) => projection,
+                None => QMatMul::from_arc(embeddings.clone())
+                    .map(Projection::Candle)
+                    .map_err(|error| ModelError::candle("tying output to embeddings", error))?,
+            }
         };
         let kv_width = config.head_count_kv * config.head_dim;
         let q_width = config.query_width();

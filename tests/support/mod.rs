@@ -240,16 +240,16 @@ impl LspClient {
     pub fn next_message(&mut self) -> Value {
         match self.incoming.recv_timeout(TIMEOUT) {
             Ok(message) => {
-                if message.get("method").is_some() {
-                    if let Some(id) = message.get("id") {
-                        let result = if message["method"] == "workspace/applyEdit" {
-                            self.apply_edit_reply.clone()
-                        } else {
-                            Value::Null
-                        };
-                        let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
-                        self.send(&reply);
-                    }
+                if message.get("method").is_some()
+                    && let Some(id) = message.get("id")
+                {
+                    let result = if message["method"] == "workspace/applyEdit" {
+                        self.apply_edit_reply.clone()
+                    } else {
+                        Value::Null
+                    };
+                    let reply = json!({"jsonrpc": "2.0", "id": id, "result": result});
+                    self.send(&reply);
                 }
                 message
             }

@@ -1,0 +1,74 @@
+//! Our quantized matmul kernels against candle's, on the matrix shapes of the 1B and 7B
+//! benchmark models, alternating in one process so that a busy machine slows both alike.
+//!
+//! `cargo run --release --example kernel_bench [q4_k|q8_0|… ] [m …]`
+//! prints, per shape and row count `m`, the best of a few runs for each and the ratio.
+
+use std::time::Instant;
+
+use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+use candle_core::{Device, Module, Tensor};
+use codellama_lsp::model::gguf::GgmlType;
+use codellama_lsp::model::kernels::QMatrix;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let types: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| a.parse::<usize>().is_err())
+        .collect();
+    let types = if types.is_empty() {
+        vec!["q4_k", "q8_0"]
+    } else {
+        types
+    };
+    let ms: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
+    let ms = if ms.is_empty() { vec![1, 64] } else { ms };
+    let device = Device::Cpu;
+    for name in types {
+        let (ggml, candle) = match name {
+            "q4_k" => (GgmlType::Q4_K, GgmlDType::Q4K),
+            "q6_k" => (GgmlType::Q6_K, GgmlDType::Q6K),
+            "q5_k" => (GgmlType::Q5_K, GgmlDType::Q5K),
+            "q8_0" => (GgmlType::Q8_0, GgmlDType::Q8_0),
+            "q4_0" => (GgmlType::Q4_0, GgmlDType::Q4_0),
+            "q4_1" => (GgmlType::Q4_1, GgmlDType::Q4_1),
+            "q5_0" => (GgmlType::Q5_0, GgmlDType::Q5_0),
+            "q5_1" => (GgmlType::Q5_1, GgmlDType::Q5_1),
+            other => return Err(format!("unknown type {other}").into()),
+        };
+        for (rows, cols) in [(2048, 2048), (5632, 2048), (2048, 5632), (11008, 4096)] {
+            let weights = Tensor::randn(0f32, 0.02, (rows, cols), &device)?;
+            let quantized = QTensor::quantize(&weights, candle)?;
+            let bytes = quantized.data()?.into_owned();
+            let Some(ours) = QMatrix::new(ggml, &bytes, rows, cols) else {
+                println!("{name} {rows}x{cols}: no kernel");
+                continue;
+            };
+            let theirs = QMatMul::from_qtensor(quantized)?;
+            for &m in &ms {
+                let x = Tensor::randn(0f32, 1.0, (m, cols), &device)?;
+                let values = x.flatten_all()?.to_vec1::<f32>()?;
+                let mut out = vec![0f32; m * rows];
+                let (mut best_ours, mut best_theirs) = (f64::MAX, f64::MAX);
+                for _ in 0..7 {
+                    let start = Instant::now();
+                    ours.matmul(&values, &mut out);
+                    best_ours = best_ours.min(start.elapsed().as_secs_f64());
+                    let start = Instant::now();
+                    let _ = theirs.forward(&x)?;
+                    best_theirs = best_theirs.min(start.elapsed().as_secs_f64());
+                }
+                let gbs = bytes.len() as f64 / best_ours / 1e9;
+                println!(
+                    "{name} {rows:>5}x{cols:<5} m={m:<4} ours {:8.3} ms ({gbs:5.1} GB/s)  candle {:8.3} ms  ratio {:.2}x",
+                    best_ours * 1e3,
+                    best_theirs * 1e3,
+                    best_theirs / best_ours
+                );
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,233 @@
+//! Our own CPU kernels for the quantized matrix products, which are most of the work of a
+//! forward pass.
+//!
+//! At load time each weight matrix is *repacked* into tiles of [`TILE`] output rows whose values
+//! are interleaved four at a time, so that one SIMD integer dot product (`vpdpbusd` with
+//! AVX512-VNNI, `pmaddubsw` + `pmaddwd` with AVX2) multiplies four inputs into sixteen (or
+//! eight) output rows at once. Activations are quantized once per product to 8-bit blocks
+//! ([`ActQ8_0`] for the 32-value formats, [`ActQ8K`] for the k-quants), as llama.cpp does, so
+//! the results match its numerics up to the order of float additions. A prompt chunk of `m` rows
+//! reuses each weight tile for up to [`MAX_M`] rows at a time while it is in cache; decoding
+//! (`m = 1`) streams every tile once. The output rows are split across rayon's pool.
+//!
+//! Every tier (AVX512-VNNI, AVX2+FMA+F16C, portable) computes the same integer sums; the tests
+//! check each one against a dequantize-and-multiply reference on random blocks.
+//!
+//! Types without a kernel here stay on candle's quantized matmul ([`QMatrix::new`] says `None`).
+
+mod activations;
+mod q4k;
+mod q8_0;
+#[cfg(test)]
+mod tests;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+pub use activations::{ActQ8_0, ActQ8K};
+
+use super::gguf::GgmlType;
+
+/// Output rows per tile: one 512-bit register of f32 sums.
+pub const TILE: usize = 16;
+/// Activation rows one pass over a weight tile serves (prompt chunks); bounded by registers.
+pub const MAX_M: usize = 4;
+
+/// The instruction set the kernels use, detected once at run time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512Vnni,
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    /// The best tier this CPU supports; `CODELLAMA_KERNELS=portable|avx2` forces a lower one
+    /// (for comparisons and for testing the tiers on one machine).
+    pub fn detect() -> Isa {
+        static DETECTED: OnceLock<Isa> = OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let best = Self::supported().first().copied().unwrap_or(Isa::Portable);
+            match std::env::var("CODELLAMA_KERNELS").as_deref() {
+                Ok("portable") => Isa::Portable,
+                Ok("avx2") if Self::supported().contains(&Isa::Avx2) => Isa::Avx2,
+                _ => best,
+            }
+        })
+    }
+
+    /// Every tier this CPU can run, best first; `Portable` is always last.
+    pub fn supported() -> Vec<Isa> {
+        let mut tiers = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("f16c")
+            {
+                tiers.push(Isa::Avx512Vnni);
+            }
+            if is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c")
+            {
+                tiers.push(Isa::Avx2);
+            }
+        }
+        tiers.push(Isa::Portable);
+        tiers
+    }
+}
+
+/// A weight matrix of `rows` outputs by `cols` inputs, repacked for [`Isa`]'s kernels.
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    weights: Weights,
+}
+
+enum Weights {
+    Q8_0(q8_0::Packed),
+    Q4K(q4k::Packed),
+}
+
+/// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
+trait Packed: Sync {
+    type Act: activations::ActBlock;
+    /// `out[i][r]` = dot product of output row `tile * TILE + r` with activation row `acts[i]`.
+    fn tile(&self, isa: Isa, tile: usize, acts: &[&[Self::Act]], out: &mut [[f32; TILE]; MAX_M]);
+}
+
+impl QMatrix {
+    /// Repacks the GGUF blocks of a `rows` × `cols` matrix (row-major, `bytes` exactly the
+    /// tensor's data); `None` when the type has no kernel here or the shape does not fit its
+    /// blocks, and candle's path must be used.
+    pub fn new(ggml_type: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let block = ggml_type.block_size() as usize;
+        let row_bytes = cols / block * ggml_type.type_size() as usize;
+        if rows == 0 || !cols.is_multiple_of(block) || bytes.len() != row_bytes * rows {
+            return None;
+        }
+        let weights = match ggml_type {
+            GgmlType::Q8_0 => Weights::Q8_0(q8_0::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q4_K => Weights::Q4K(q4k::Packed::new(bytes, rows, cols)?),
+            _ => return None,
+        };
+        Some(Self {
+            rows,
+            cols,
+            weights,
+        })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// `out[i * rows + j]` = Σ_k `x[i * cols + k]` · W[j][k], for the `m = x.len() / cols` rows
+    /// of `x`.
+    pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
+        self.matmul_with(Isa::detect(), x, out);
+    }
+
+    /// [`matmul`](Self::matmul) with a chosen tier (which must be [`Isa::supported`]).
+    pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) {
+        assert!(
+            x.len().is_multiple_of(self.cols) && out.len() == x.len() / self.cols * self.rows,
+            "matmul shapes: x {} values for {} columns, out {} for {} rows",
+            x.len(),
+            self.cols,
+            out.len(),
+            self.rows
+        );
+        match &self.weights {
+            Weights::Q8_0(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q4K(packed) => run(packed, isa, self.rows, self.cols, x, out),
+        }
+    }
+}
+
+/// Quantizes the activations, then computes every tile on the pool.
+fn run<P: Packed>(packed: &P, isa: Isa, rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
+    use activations::ActBlock;
+    let m = x.len() / cols;
+    let blocks = cols / P::Act::VALUES;
+    let mut acts = vec![P::Act::default(); m * blocks];
+    if m >= 8 {
+        acts.par_chunks_mut(blocks)
+            .zip(x.par_chunks(cols))
+            .for_each(|(q, x)| P::Act::quantize(x, q));
+    } else {
+        for (q, x) in acts.chunks_mut(blocks).zip(x.chunks(cols)) {
+            P::Act::quantize(x, q);
+        }
+    }
+    let tiles = rows.div_ceil(TILE);
+    let out_rows = SharedOut {
+        ptr: out.as_mut_ptr(),
+        stride: rows,
+    };
+    // Enough pieces to balance two or more threads, few enough that scheduling is noise.
+    let min_len = (tiles / (rayon::current_num_threads() * 8)).max(1);
+    (0..tiles)
+        .into_par_iter()
+        .with_min_len(min_len)
+        .for_each(|tile| {
+            let mut sums = [[0f32; TILE]; MAX_M];
+            let valid = (rows - tile * TILE).min(TILE);
+            for m0 in (0..m).step_by(MAX_M) {
+                let mt = (m - m0).min(MAX_M);
+                let mut rows_of: [&[P::Act]; MAX_M] = [&[]; MAX_M];
+                for (i, row) in rows_of.iter_mut().enumerate().take(mt) {
+                    *row = &acts[(m0 + i) * blocks..(m0 + i + 1) * blocks];
+                }
+                packed.tile(isa, tile, &rows_of[..mt], &mut sums);
+                for (i, sum) in sums.iter().enumerate().take(mt) {
+                    // SAFETY: each tile writes only its own columns `tile * TILE..+valid` of
+                    // rows `m0..m0 + mt`, inside `out` (checked by the caller's assertion).
+                    unsafe { out_rows.write(m0 + i, tile * TILE, &sum[..valid]) };
+                }
+            }
+        });
+}
+
+/// `out` shared by the tiles, which write disjoint column ranges.
+struct SharedOut {
+    ptr: *mut f32,
+    stride: usize,
+}
+
+// SAFETY: the tiles write disjoint ranges (see `run`).
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `row * stride + col + values.len()` must lie in the buffer, and no other thread may
+    /// write the same range.
+    unsafe fn write(&self, row: usize, col: usize, values: &[f32]) {
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                values.as_ptr(),
+                self.ptr.add(row * self.stride + col),
+                values.len(),
+            )
+        };
+    }
+}
+
+/// An f16 stored as its bits, read as f32.
+#[inline(always)]
+fn f16_bits(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+
+#[inline(always)]
+fn f16_to_f32(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}

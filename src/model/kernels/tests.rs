@@ -1,0 +1,196 @@
+//! Every kernel against a reference: the weights dequantized by candle (an independent reading
+//! of the formats) times our quantized activations, summed in f64; and every tier against the
+//! others, to the bit (they compute the same integers and the same float formula).
+
+use candle_core::Device;
+use candle_core::quantized::{GgmlDType, ggml_file::qtensor_from_ggml};
+use proptest::prelude::*;
+
+use super::activations::{ActBlock, ActQ8_0, ActQ8K};
+use super::{Isa, QMatrix};
+use crate::model::gguf::GgmlType;
+
+/// A small deterministic generator, so a failing case is reproducible from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+
+    /// A float in `[-1, 1)`.
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+
+    /// An f16 scale in `[lo, hi)`, as little-endian bytes.
+    fn scale(&mut self, lo: f32, hi: f32) -> [u8; 2] {
+        let t = (self.unit() + 1.0) / 2.0;
+        half::f16::from_f32(lo + t * (hi - lo)).to_le_bytes()
+    }
+}
+
+/// Random but valid blocks of `ggml_type` for a `rows` × `cols` matrix.
+fn random_matrix(ggml_type: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -> Vec<u8> {
+    let blocks = rows * cols / ggml_type.block_size() as usize;
+    let mut bytes = Vec::new();
+    for _ in 0..blocks {
+        let start = bytes.len();
+        bytes.extend((0..ggml_type.type_size()).map(|_| rng.byte()));
+        let block = &mut bytes[start..];
+        // Finite scales, of the magnitudes real files have; every other byte is any value.
+        match ggml_type {
+            GgmlType::Q8_0 => block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-2)),
+            GgmlType::Q4_K => {
+                block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-3));
+                block[2..4].copy_from_slice(&rng.scale(1e-4, 2e-3));
+            }
+            other => unreachable!("no generator for {other:?}"),
+        }
+    }
+    bytes
+}
+
+fn candle_type(ggml_type: GgmlType) -> GgmlDType {
+    match ggml_type {
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4_K => GgmlDType::Q4K,
+        other => unreachable!("no candle type for {other:?}"),
+    }
+}
+
+fn dequantized_weights(ggml_type: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Vec<f32> {
+    let tensor = qtensor_from_ggml(
+        candle_type(ggml_type),
+        bytes,
+        vec![rows, cols],
+        &Device::Cpu,
+    )
+    .and_then(|t| t.dequantize(&Device::Cpu))
+    .and_then(|t| t.flatten_all())
+    .and_then(|t| t.to_vec1::<f32>());
+    match tensor {
+        Ok(values) => values,
+        Err(error) => panic!("candle cannot dequantize the test matrix: {error}"),
+    }
+}
+
+/// The activations as the kernels see them: quantized, then dequantized.
+fn dequantized_activations(ggml_type: GgmlType, x: &[f32]) -> Vec<f32> {
+    fn roundtrip<A: ActBlock>(x: &[f32], value: impl Fn(&A, usize) -> f32) -> Vec<f32> {
+        let mut blocks = vec![A::default(); x.len() / A::VALUES];
+        A::quantize(x, &mut blocks);
+        blocks
+            .iter()
+            .flat_map(|b| (0..A::VALUES).map(|i| value(b, i)).collect::<Vec<_>>())
+            .collect()
+    }
+    match ggml_type {
+        GgmlType::Q4_K => roundtrip(x, |b: &ActQ8K, i| b.d * f32::from(b.qs[i])),
+        _ => roundtrip(x, |b: &ActQ8_0, i| b.d * f32::from(b.qs[i])),
+    }
+}
+
+fn check(ggml_type: GgmlType, rows: usize, cols: usize, m: usize, seed: u64) {
+    let mut rng = Rng(seed | 1);
+    let bytes = random_matrix(ggml_type, rows, cols, &mut rng);
+    let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
+    let Some(matrix) = QMatrix::new(ggml_type, &bytes, rows, cols) else {
+        panic!("{ggml_type:?} {rows}x{cols} was not packed");
+    };
+    let w = dequantized_weights(ggml_type, &bytes, rows, cols);
+    let a = dequantized_activations(ggml_type, &x);
+    let mut results = Vec::new();
+    for isa in Isa::supported() {
+        let mut out = vec![f32::NAN; m * rows];
+        matrix.matmul_with(isa, &x, &mut out);
+        for i in 0..m {
+            for j in 0..rows {
+                let (mut exact, mut magnitude) = (0f64, 0f64);
+                for k in 0..cols {
+                    let product = f64::from(w[j * cols + k]) * f64::from(a[i * cols + k]);
+                    exact += product;
+                    magnitude += product.abs();
+                }
+                let got = f64::from(out[i * rows + j]);
+                assert!(
+                    (got - exact).abs() <= 1e-5 * magnitude + 1e-6,
+                    "{ggml_type:?} {isa:?} {rows}x{cols} m={m} seed={seed}: row {i} output {j} is {got}, expected {exact}"
+                );
+            }
+        }
+        results.push((isa, out));
+    }
+    for (isa, out) in &results[1..] {
+        let (first, expected) = &results[0];
+        assert!(
+            out.iter()
+                .zip(expected)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ggml_type:?} {isa:?} differs from {first:?} (seed {seed})"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    #[test]
+    fn q8_0_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..9, m in 1usize..10) {
+        check(GgmlType::Q8_0, rows, blocks * 32, m, seed);
+    }
+
+    #[test]
+    fn q4_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
+        check(GgmlType::Q4_K, rows, blocks * 256, m, seed);
+    }
+}
+
+#[test]
+fn real_shapes_match_the_reference() {
+    // A decode step and a prompt chunk through a layer-sized matrix, many tiles and threads.
+    for (ggml_type, m) in [
+        (GgmlType::Q8_0, 1),
+        (GgmlType::Q4_K, 1),
+        (GgmlType::Q4_K, 7),
+    ] {
+        check(ggml_type, 272, 1024, m, 42);
+    }
+}
+
+#[test]
+fn activations_round_to_the_nearest_step() {
+    let mut rng = Rng(7);
+    let x: Vec<f32> = (0..512).map(|_| rng.unit() * 10.0).collect();
+    for ggml_type in [GgmlType::Q8_0, GgmlType::Q4_K] {
+        let a = dequantized_activations(ggml_type, &x);
+        let step = x.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+        for (q, v) in a.iter().zip(&x) {
+            // Half a step, plus Q8_0's scale rounded to f16 (2^-11 relative, over 127 steps).
+            assert!(
+                (q - v).abs() <= step * 0.57,
+                "{ggml_type:?}: {v} became {q}"
+            );
+        }
+    }
+    let mut zero = [ActQ8K::default()];
+    ActQ8K::quantize(&[0.0; 256], &mut zero);
+    assert_eq!(zero[0].d, 0.0);
+}
+
+#[test]
+fn shapes_the_formats_cannot_hold_are_left_to_candle() {
+    let bytes = vec![0u8; 34 * 3];
+    assert!(QMatrix::new(GgmlType::Q8_0, &bytes, 1, 96).is_some());
+    assert!(QMatrix::new(GgmlType::Q8_0, &bytes, 1, 95).is_none());
+    assert!(QMatrix::new(GgmlType::Q8_0, &bytes[1..], 1, 96).is_none());
+    assert!(QMatrix::new(GgmlType::Q4_K, &bytes, 1, 96).is_none());
+    assert!(QMatrix::new(GgmlType::F32, &bytes, 1, 96).is_none());
+}
