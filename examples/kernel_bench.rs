@@ -2,7 +2,9 @@
 //! benchmark models, alternating in one process so that a busy machine slows both alike.
 //!
 //! `cargo run --release --example kernel_bench [q4_k|q8_0|… ] [m …]`
-//! prints, per shape and row count `m`, the best of a few runs for each and the ratio.
+//! prints, per shape and row count `m`, the best of a few runs for each and the ratio, and the
+//! CPU time our kernel used per call (all threads, from /proc/self/task/*/schedstat): on a
+//! machine busy with other work, that measures the kernel's efficiency when wall time cannot.
 
 use std::time::Instant;
 
@@ -52,6 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let values = x.flatten_all()?.to_vec1::<f32>()?;
                 let mut out = vec![0f32; m * rows];
                 let (mut best_ours, mut best_theirs) = (f64::MAX, f64::MAX);
+                let cpu_before = cpu_seconds();
+                for _ in 0..5 {
+                    ours.matmul(&values, &mut out);
+                }
+                let cpu_ours = (cpu_seconds() - cpu_before) / 5.0;
                 for _ in 0..7 {
                     let start = Instant::now();
                     ours.matmul(&values, &mut out);
@@ -61,9 +68,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     best_theirs = best_theirs.min(start.elapsed().as_secs_f64());
                 }
                 let gbs = bytes.len() as f64 / best_ours / 1e9;
+                let gmacs = (m * rows * cols) as f64 / cpu_ours / 1e9;
                 println!(
-                    "{name} {rows:>5}x{cols:<5} m={m:<4} ours {:8.3} ms ({gbs:5.1} GB/s)  candle {:8.3} ms  ratio {:.2}x",
+                    "{name} {rows:>5}x{cols:<5} m={m:<4} ours {:8.3} ms ({gbs:5.1} GB/s; cpu {:8.3} ms, {gmacs:6.1} GMAC/cpu-s)  candle {:8.3} ms  ratio {:.2}x",
                     best_ours * 1e3,
+                    cpu_ours * 1e3,
                     best_theirs * 1e3,
                     best_theirs / best_ours
                 );
@@ -71,4 +80,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// CPU time of all this process's threads so far.
+fn cpu_seconds() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return 0.0;
+    };
+    tasks
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("schedstat")).ok())
+        .filter_map(|stat| stat.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e9
 }

@@ -60,6 +60,10 @@ pub struct Cli {
     #[arg(long, global = true, value_enum, value_name = "LEVEL")]
     pub log_level: Option<LogLevel>,
 
+    /// Threads for the model's CPU work (default: the physical cores this process may use).
+    #[arg(long, global = true, value_name = "N", env = "CODELLAMA_THREADS")]
+    pub threads: Option<std::num::NonZeroUsize>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -152,6 +156,8 @@ pub fn main() -> i32 {
     // The server logs at info by default (its stderr is the editor's log); commands whose output
     // is the point stay quiet unless asked.
     let serving = matches!(cli.command, None | Some(Command::Serve(_)));
+    // Before any other thread exists: this may set candle's thread-count variable.
+    crate::model::kernels::use_threads(cli.threads.map(std::num::NonZeroUsize::get));
     let client_log = init_logging(cli.log_level, if serving { "info" } else { "warn" });
     let outcome = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
         Command::Serve(args) => return run_serve(client_log, &args),

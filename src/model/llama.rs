@@ -33,11 +33,22 @@ struct Linear {
 
 impl Linear {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let y = self.weight.forward(x)?;
-        match &self.bias {
-            Some(bias) => y.broadcast_add(bias),
-            None => Ok(y),
+        let [y] = Self::forward_many([self], x)?;
+        Ok(y)
+    }
+
+    /// Several projections of the same input, computed together where the kernels allow.
+    fn forward_many<const N: usize>(
+        linears: [&Self; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let mut ys = Projection::forward_many(linears.map(|l| &l.weight), x)?;
+        for (y, linear) in ys.iter_mut().zip(linears) {
+            if let Some(bias) = &linear.bias {
+                *y = y.broadcast_add(bias)?;
+            }
         }
+        Ok(ys)
     }
 }
 
@@ -466,13 +477,16 @@ impl Llama {
     }
 
     fn feed_forward(&self, layer: &Layer, h: &Tensor) -> candle_core::Result<Tensor> {
-        let up = layer.up.forward(h)?;
         let hidden = match (self.config.family.feed_forward(), &layer.gate) {
             (FeedForward::SiluGated, Some(gate)) => {
-                (candle_nn::ops::silu(&gate.forward(h)?)? * up)?
+                let [gate, up] = Linear::forward_many([gate, &layer.up], h)?;
+                (candle_nn::ops::silu(&gate)? * up)?
             }
-            (FeedForward::GeluGated, Some(gate)) => (gate.forward(h)?.gelu()? * up)?,
-            _ => up.gelu()?,
+            (FeedForward::GeluGated, Some(gate)) => {
+                let [gate, up] = Linear::forward_many([gate, &layer.up], h)?;
+                (gate.gelu()? * up)?
+            }
+            _ => layer.up.forward(h)?.gelu()?,
         };
         layer.down.forward(&hidden)
     }

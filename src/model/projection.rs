@@ -30,33 +30,67 @@ impl Projection {
 
     /// `x · Wᵀ` for `x` of shape `[.., cols]`: `[.., rows]`.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let matrix = match self {
-            Self::Candle(matmul) => return matmul.forward(x),
-            Self::Kernel(matrix) => matrix,
-        };
-        let x = x.contiguous()?;
-        let mut shape = x.dims().to_vec();
-        let Some(last) = shape.last_mut() else {
-            candle_core::bail!("a projection needs at least one dimension");
-        };
-        if *last != matrix.cols() {
-            candle_core::bail!(
-                "projection of {} inputs applied to {} values a row",
-                matrix.cols(),
-                last
-            );
-        }
-        *last = matrix.rows();
-        let mut out = vec![0f32; x.elem_count() / matrix.cols() * matrix.rows()];
-        {
-            let (storage, layout) = x.storage_and_layout();
-            let Storage::Cpu(storage) = &*storage else {
-                candle_core::bail!("the CPU kernels were given a tensor on another device");
-            };
-            let start = layout.start_offset();
-            let values = &storage.as_slice::<f32>()?[start..start + x.elem_count()];
-            matrix.matmul(values, &mut out);
-        }
-        Tensor::from_vec(out, shape, x.device())
+        let [y] = Self::forward_many([self], x)?;
+        Ok(y)
     }
+
+    /// Several projections of the same `x`; when our kernels hold all of them, one pass.
+    pub(super) fn forward_many<const N: usize>(
+        projections: [&Self; N],
+        x: &Tensor,
+    ) -> candle_core::Result<[Tensor; N]> {
+        let matrices: Vec<&QMatrix> = projections
+            .iter()
+            .filter_map(|projection| match projection {
+                Self::Kernel(matrix) => Some(matrix),
+                Self::Candle(_) => None,
+            })
+            .collect();
+        let outputs = if matrices.len() == N {
+            kernel_forward(&matrices, x)?
+        } else {
+            let mut outputs = Vec::with_capacity(N);
+            for projection in projections {
+                outputs.push(match projection {
+                    Self::Candle(matmul) => matmul.forward(x)?,
+                    Self::Kernel(matrix) => kernel_forward(&[matrix], x)?.remove(0),
+                });
+            }
+            outputs
+        };
+        outputs
+            .try_into()
+            .map_err(|_| candle_core::Error::Msg("one output per projection".into()))
+    }
+}
+
+/// `x · Wᵀ` for each matrix, on the CPU kernels, reading `x` in place.
+fn kernel_forward(matrices: &[&QMatrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+    let x = x.contiguous()?;
+    let cols = x.dim(candle_core::D::Minus1)?;
+    if matrices.iter().any(|w| w.cols() != cols) {
+        candle_core::bail!("a projection applied to rows of {cols} values");
+    }
+    let m = x.elem_count() / cols;
+    let mut outs: Vec<Vec<f32>> = matrices.iter().map(|w| vec![0f32; m * w.rows()]).collect();
+    {
+        let (storage, layout) = x.storage_and_layout();
+        let Storage::Cpu(storage) = &*storage else {
+            candle_core::bail!("the CPU kernels were given a tensor on another device");
+        };
+        let start = layout.start_offset();
+        let values = &storage.as_slice::<f32>()?[start..start + x.elem_count()];
+        let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(Vec::as_mut_slice).collect();
+        QMatrix::matmul_many(Isa::detect(), matrices, values, &mut slices);
+    }
+    outs.into_iter()
+        .zip(matrices)
+        .map(|(out, matrix)| {
+            let mut shape = x.dims().to_vec();
+            if let Some(last) = shape.last_mut() {
+                *last = matrix.rows();
+            }
+            Tensor::from_vec(out, shape, x.device())
+        })
+        .collect()
 }

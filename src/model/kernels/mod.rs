@@ -17,14 +17,17 @@
 
 mod activations;
 mod q4k;
+mod q6k;
 mod q8_0;
 #[cfg(test)]
 mod tests;
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+use activations::ActBlock;
 pub use activations::{ActQ8_0, ActQ8K};
 
 use super::gguf::GgmlType;
@@ -33,6 +36,9 @@ use super::gguf::GgmlType;
 pub const TILE: usize = 16;
 /// Activation rows one pass over a weight tile serves (prompt chunks); bounded by registers.
 pub const MAX_M: usize = 4;
+/// Activation rows a work unit covers: their quantized blocks (about 1 KiB a 1000 inputs)
+/// stay in L2 while every tile passes over them.
+const CHUNK_ROWS: usize = 64;
 
 /// The instruction set the kernels use, detected once at run time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +97,7 @@ pub struct QMatrix {
 enum Weights {
     Q8_0(q8_0::Packed),
     Q4K(q4k::Packed),
+    Q6K(q6k::Packed),
 }
 
 /// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
@@ -113,6 +120,7 @@ impl QMatrix {
         let weights = match ggml_type {
             GgmlType::Q8_0 => Weights::Q8_0(q8_0::Packed::new(bytes, rows, cols)?),
             GgmlType::Q4_K => Weights::Q4K(q4k::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q6_K => Weights::Q6K(q6k::Packed::new(bytes, rows, cols)?),
             _ => return None,
         };
         Some(Self {
@@ -133,68 +141,156 @@ impl QMatrix {
     /// `out[i * rows + j]` = Σ_k `x[i * cols + k]` · W[j][k], for the `m = x.len() / cols` rows
     /// of `x`.
     pub fn matmul(&self, x: &[f32], out: &mut [f32]) {
-        self.matmul_with(Isa::detect(), x, out);
+        Self::matmul_many(Isa::detect(), &[self], x, &mut [out]);
     }
 
     /// [`matmul`](Self::matmul) with a chosen tier (which must be [`Isa::supported`]).
     pub fn matmul_with(&self, isa: Isa, x: &[f32], out: &mut [f32]) {
+        Self::matmul_many(isa, &[self], x, &mut [out]);
+    }
+
+    /// Several matrices with the same inputs (Q, K and V; gate and up) in one pass: the
+    /// activations are quantized once per format and all tiles share one parallel region.
+    pub fn matmul_many(isa: Isa, matrices: &[&QMatrix], x: &[f32], outs: &mut [&mut [f32]]) {
+        let Some(first) = matrices.first() else {
+            return;
+        };
+        let cols = first.cols;
+        let m = x.len() / cols;
         assert!(
-            x.len().is_multiple_of(self.cols) && out.len() == x.len() / self.cols * self.rows,
-            "matmul shapes: x {} values for {} columns, out {} for {} rows",
+            x.len().is_multiple_of(cols)
+                && matrices.len() == outs.len()
+                && matrices
+                    .iter()
+                    .zip(outs.iter())
+                    .all(|(w, out)| w.cols == cols && out.len() == m * w.rows),
+            "matmul shapes: x {} values for {cols} columns; outputs {:?} for rows {:?}",
             x.len(),
-            self.cols,
-            out.len(),
-            self.rows
+            outs.iter().map(|o| o.len()).collect::<Vec<_>>(),
+            matrices.iter().map(|w| w.rows).collect::<Vec<_>>()
         );
-        match &self.weights {
-            Weights::Q8_0(packed) => run(packed, isa, self.rows, self.cols, x, out),
-            Weights::Q4K(packed) => run(packed, isa, self.rows, self.cols, x, out),
+        let acts = Activations::new(matrices, x, m, cols);
+        // Work units are (matrix, chunk of activation rows, tile): a chunk's quantized
+        // activations stay in L2 while the tiles stream past, and a tile stays in L1 across the
+        // chunk's rows.
+        let chunks = m.div_ceil(CHUNK_ROWS);
+        let mut jobs = Vec::with_capacity(matrices.len());
+        let mut units = 0;
+        for (matrix, out) in matrices.iter().zip(outs.iter_mut()) {
+            let tiles = matrix.rows.div_ceil(TILE);
+            jobs.push(Job {
+                matrix,
+                first_unit: units,
+                tiles,
+                out: SharedOut {
+                    ptr: out.as_mut_ptr(),
+                    stride: matrix.rows,
+                },
+            });
+            units += chunks * tiles;
+        }
+        // Enough pieces to balance two or more threads, few enough that scheduling is noise.
+        let min_len = (units / (rayon::current_num_threads() * 8)).max(1);
+        (0..units)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(|unit| {
+                let Some(job) = jobs.iter().rev().find(|job| job.first_unit <= unit) else {
+                    return;
+                };
+                let local = unit - job.first_unit;
+                let rows =
+                    (local / job.tiles * CHUNK_ROWS)..((local / job.tiles + 1) * CHUNK_ROWS).min(m);
+                let tile = local % job.tiles;
+                match &job.matrix.weights {
+                    Weights::Q8_0(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
+                    Weights::Q4K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
+                    Weights::Q6K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
+                }
+            });
+    }
+
+    /// The activation format this matrix's kernel takes.
+    fn takes_q8k(&self) -> bool {
+        matches!(self.weights, Weights::Q4K(_) | Weights::Q6K(_))
+    }
+}
+
+/// The inputs quantized in the formats the matrices of one product need.
+struct Activations {
+    q8_0: Vec<ActQ8_0>,
+    q8k: Vec<ActQ8K>,
+}
+
+impl Activations {
+    fn new(matrices: &[&QMatrix], x: &[f32], m: usize, cols: usize) -> Self {
+        let q8k = matrices.iter().any(|w| w.takes_q8k());
+        let q8_0 = matrices.iter().any(|w| !w.takes_q8k());
+        Self {
+            q8_0: if q8_0 {
+                quantize(x, m, cols)
+            } else {
+                Vec::new()
+            },
+            q8k: if q8k {
+                quantize(x, m, cols)
+            } else {
+                Vec::new()
+            },
         }
     }
 }
 
-/// Quantizes the activations, then computes every tile on the pool.
-fn run<P: Packed>(packed: &P, isa: Isa, rows: usize, cols: usize, x: &[f32], out: &mut [f32]) {
-    use activations::ActBlock;
-    let m = x.len() / cols;
-    let blocks = cols / P::Act::VALUES;
-    let mut acts = vec![P::Act::default(); m * blocks];
+fn quantize<A: activations::ActBlock>(x: &[f32], m: usize, cols: usize) -> Vec<A> {
+    let blocks = cols / A::VALUES;
+    let mut acts = vec![A::default(); m * blocks];
     if m >= 8 {
         acts.par_chunks_mut(blocks)
             .zip(x.par_chunks(cols))
-            .for_each(|(q, x)| P::Act::quantize(x, q));
+            .for_each(|(q, x)| A::quantize(x, q));
     } else {
         for (q, x) in acts.chunks_mut(blocks).zip(x.chunks(cols)) {
-            P::Act::quantize(x, q);
+            A::quantize(x, q);
         }
     }
-    let tiles = rows.div_ceil(TILE);
-    let out_rows = SharedOut {
-        ptr: out.as_mut_ptr(),
-        stride: rows,
-    };
-    // Enough pieces to balance two or more threads, few enough that scheduling is noise.
-    let min_len = (tiles / (rayon::current_num_threads() * 8)).max(1);
-    (0..tiles)
-        .into_par_iter()
-        .with_min_len(min_len)
-        .for_each(|tile| {
-            let mut sums = [[0f32; TILE]; MAX_M];
-            let valid = (rows - tile * TILE).min(TILE);
-            for m0 in (0..m).step_by(MAX_M) {
-                let mt = (m - m0).min(MAX_M);
-                let mut rows_of: [&[P::Act]; MAX_M] = [&[]; MAX_M];
-                for (i, row) in rows_of.iter_mut().enumerate().take(mt) {
-                    *row = &acts[(m0 + i) * blocks..(m0 + i + 1) * blocks];
-                }
-                packed.tile(isa, tile, &rows_of[..mt], &mut sums);
-                for (i, sum) in sums.iter().enumerate().take(mt) {
-                    // SAFETY: each tile writes only its own columns `tile * TILE..+valid` of
-                    // rows `m0..m0 + mt`, inside `out` (checked by the caller's assertion).
-                    unsafe { out_rows.write(m0 + i, tile * TILE, &sum[..valid]) };
-                }
+    acts
+}
+
+/// One matrix of a product: where its units start and where its output goes.
+struct Job<'a> {
+    matrix: &'a QMatrix,
+    first_unit: usize,
+    tiles: usize,
+    out: SharedOut,
+}
+
+impl Job<'_> {
+    /// Output columns `tile * TILE..` of activation rows `rows`.
+    fn unit<P: Packed>(
+        &self,
+        packed: &P,
+        isa: Isa,
+        acts: &[P::Act],
+        rows: Range<usize>,
+        tile: usize,
+    ) {
+        let blocks = self.matrix.cols / P::Act::VALUES;
+        let valid = (self.matrix.rows - tile * TILE).min(TILE);
+        let mut sums = [[0f32; TILE]; MAX_M];
+        for m0 in rows.clone().step_by(MAX_M) {
+            let mt = (rows.end - m0).min(MAX_M);
+            let mut rows_of: [&[P::Act]; MAX_M] = [&[]; MAX_M];
+            for (i, row) in rows_of.iter_mut().enumerate().take(mt) {
+                *row = &acts[(m0 + i) * blocks..(m0 + i + 1) * blocks];
             }
-        });
+            packed.tile(isa, tile, &rows_of[..mt], &mut sums);
+            for (i, sum) in sums.iter().enumerate().take(mt) {
+                // SAFETY: each unit writes only its own columns `tile * TILE..+valid` of rows
+                // `m0..m0 + mt`, inside this matrix's output (checked by `matmul_many`).
+                unsafe { self.out.write(m0 + i, tile * TILE, &sum[..valid]) };
+            }
+        }
+    }
 }
 
 /// `out` shared by the tiles, which write disjoint column ranges.
@@ -218,6 +314,44 @@ impl SharedOut {
                 values.len(),
             )
         };
+    }
+}
+
+/// Sizes the thread pool the kernels (and candle's CPU ops) run on: `threads`, or the physical
+/// cores this process may use. Call once, early, while the process has a single thread (it
+/// sets `CANDLE_NUM_THREADS` for candle's own pool unless the user did).
+pub fn use_threads(threads: Option<usize>) {
+    let threads = threads.unwrap_or_else(physical_cores).max(1);
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        // SAFETY: called from `cli::main` before the runtime, the pools or any logging thread
+        // start, so no other thread can be reading the environment.
+        unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
+    }
+    // Fails only if the global pool already exists (a second call), which keeps the first size.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("codellama-cpu-{i}"))
+        .build_global();
+}
+
+/// Physical cores among the CPUs this process may run on: hyper-threads share a core's SIMD
+/// units, so a second thread per core only adds contention to these kernels.
+pub fn physical_cores() -> usize {
+    let allowed = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut cores = std::collections::HashSet::new();
+    let Ok(cpus) = std::fs::read_dir("/sys/devices/system/cpu") else {
+        return allowed;
+    };
+    for cpu in cpus.flatten() {
+        let siblings = cpu.path().join("topology/thread_siblings_list");
+        if let Ok(list) = std::fs::read_to_string(siblings) {
+            cores.insert(list.trim().to_owned());
+        }
+    }
+    if cores.is_empty() {
+        allowed
+    } else {
+        cores.len().min(allowed)
     }
 }
 

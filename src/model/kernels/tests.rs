@@ -52,6 +52,7 @@ fn random_matrix(ggml_type: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -
                 block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-3));
                 block[2..4].copy_from_slice(&rng.scale(1e-4, 2e-3));
             }
+            GgmlType::Q6_K => block[208..210].copy_from_slice(&rng.scale(1e-5, 2e-4)),
             other => unreachable!("no generator for {other:?}"),
         }
     }
@@ -62,6 +63,7 @@ fn candle_type(ggml_type: GgmlType) -> GgmlDType {
     match ggml_type {
         GgmlType::Q8_0 => GgmlDType::Q8_0,
         GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
         other => unreachable!("no candle type for {other:?}"),
     }
 }
@@ -93,7 +95,7 @@ fn dequantized_activations(ggml_type: GgmlType, x: &[f32]) -> Vec<f32> {
             .collect()
     }
     match ggml_type {
-        GgmlType::Q4_K => roundtrip(x, |b: &ActQ8K, i| b.d * f32::from(b.qs[i])),
+        GgmlType::Q4_K | GgmlType::Q6_K => roundtrip(x, |b: &ActQ8K, i| b.d * f32::from(b.qs[i])),
         _ => roundtrip(x, |b: &ActQ8_0, i| b.d * f32::from(b.qs[i])),
     }
 }
@@ -151,6 +153,11 @@ proptest! {
     fn q4_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
         check(GgmlType::Q4_K, rows, blocks * 256, m, seed);
     }
+
+    #[test]
+    fn q6_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
+        check(GgmlType::Q6_K, rows, blocks * 256, m, seed);
+    }
 }
 
 #[test]
@@ -193,4 +200,29 @@ fn shapes_the_formats_cannot_hold_are_left_to_candle() {
     assert!(QMatrix::new(GgmlType::Q8_0, &bytes[1..], 1, 96).is_none());
     assert!(QMatrix::new(GgmlType::Q4_K, &bytes, 1, 96).is_none());
     assert!(QMatrix::new(GgmlType::F32, &bytes, 1, 96).is_none());
+}
+
+#[test]
+fn products_run_together_equal_products_run_alone() {
+    let mut rng = Rng(11);
+    let (cols, m) = (512, 5);
+    let matrices: Vec<QMatrix> = [
+        (GgmlType::Q4_K, 48),
+        (GgmlType::Q6_K, 17),
+        (GgmlType::Q8_0, 33),
+    ]
+    .into_iter()
+    .filter_map(|(ty, rows)| QMatrix::new(ty, &random_matrix(ty, rows, cols, &mut rng), rows, cols))
+    .collect();
+    assert_eq!(matrices.len(), 3);
+    let x: Vec<f32> = (0..m * cols).map(|_| rng.unit()).collect();
+    let mut together: Vec<Vec<f32>> = matrices.iter().map(|w| vec![0.0; m * w.rows()]).collect();
+    let mut slices: Vec<&mut [f32]> = together.iter_mut().map(Vec::as_mut_slice).collect();
+    let refs: Vec<&QMatrix> = matrices.iter().collect();
+    QMatrix::matmul_many(Isa::detect(), &refs, &x, &mut slices);
+    for (matrix, together) in matrices.iter().zip(&together) {
+        let mut alone = vec![0.0; m * matrix.rows()];
+        matrix.matmul(&x, &mut alone);
+        assert_eq!(&alone, together);
+    }
 }
