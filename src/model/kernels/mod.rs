@@ -16,7 +16,9 @@
 //! Types without a kernel here stay on candle's quantized matmul ([`QMatrix::new`] says `None`).
 
 mod activations;
+mod legacy;
 mod q4k;
+mod q5k;
 mod q8_0;
 #[cfg(test)]
 mod tests;
@@ -90,7 +92,12 @@ pub struct QMatrix {
 
 enum Weights {
     Q8_0(q8_0::Packed),
+    Q4_0(legacy::Q4_0),
+    Q4_1(legacy::Q4_1),
+    Q5_0(legacy::Q5_0),
+    Q5_1(legacy::Q5_1),
     Q4K(q4k::Packed),
+    Q5K(q5k::Packed),
 }
 
 /// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
@@ -112,7 +119,12 @@ impl QMatrix {
         }
         let weights = match ggml_type {
             GgmlType::Q8_0 => Weights::Q8_0(q8_0::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q4_0 => Weights::Q4_0(legacy::Q4_0::new(bytes, rows, cols)?),
+            GgmlType::Q4_1 => Weights::Q4_1(legacy::Q4_1::new(bytes, rows, cols)?),
+            GgmlType::Q5_0 => Weights::Q5_0(legacy::Q5_0::new(bytes, rows, cols)?),
+            GgmlType::Q5_1 => Weights::Q5_1(legacy::Q5_1::new(bytes, rows, cols)?),
             GgmlType::Q4_K => Weights::Q4K(q4k::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q5_K => Weights::Q5K(q5k::Packed::new(bytes, rows, cols)?),
             _ => return None,
         };
         Some(Self {
@@ -148,7 +160,12 @@ impl QMatrix {
         );
         match &self.weights {
             Weights::Q8_0(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q4_0(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q4_1(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q5_0(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q5_1(packed) => run(packed, isa, self.rows, self.cols, x, out),
             Weights::Q4K(packed) => run(packed, isa, self.rows, self.cols, x, out),
+            Weights::Q5K(packed) => run(packed, isa, self.rows, self.cols, x, out),
         }
     }
 }
