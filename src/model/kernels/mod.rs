@@ -16,7 +16,9 @@
 //! Types without a kernel here stay on candle's quantized matmul ([`QMatrix::new`] says `None`).
 
 mod activations;
+mod legacy;
 mod q4k;
+mod q5k;
 mod q6k;
 mod q8_0;
 #[cfg(test)]
@@ -96,8 +98,13 @@ pub struct QMatrix {
 
 enum Weights {
     Q8_0(q8_0::Packed),
+    Q4_0(legacy::Q4_0),
+    Q4_1(legacy::Q4_1),
+    Q5_0(legacy::Q5_0),
+    Q5_1(legacy::Q5_1),
     Q4K(q4k::Packed),
     Q6K(q6k::Packed),
+    Q5K(q5k::Packed),
 }
 
 /// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
@@ -119,8 +126,13 @@ impl QMatrix {
         }
         let weights = match ggml_type {
             GgmlType::Q8_0 => Weights::Q8_0(q8_0::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q4_0 => Weights::Q4_0(legacy::Q4_0::new(bytes, rows, cols)?),
+            GgmlType::Q4_1 => Weights::Q4_1(legacy::Q4_1::new(bytes, rows, cols)?),
+            GgmlType::Q5_0 => Weights::Q5_0(legacy::Q5_0::new(bytes, rows, cols)?),
+            GgmlType::Q5_1 => Weights::Q5_1(legacy::Q5_1::new(bytes, rows, cols)?),
             GgmlType::Q4_K => Weights::Q4K(q4k::Packed::new(bytes, rows, cols)?),
             GgmlType::Q6_K => Weights::Q6K(q6k::Packed::new(bytes, rows, cols)?),
+            GgmlType::Q5_K => Weights::Q5K(q5k::Packed::new(bytes, rows, cols)?),
             _ => return None,
         };
         Some(Self {
@@ -206,13 +218,21 @@ impl QMatrix {
                     Weights::Q8_0(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
                     Weights::Q4K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
                     Weights::Q6K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
+                    Weights::Q4_0(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
+                    Weights::Q4_1(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
+                    Weights::Q5_0(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
+                    Weights::Q5_1(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
+                    Weights::Q5K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
                 }
             });
     }
 
     /// The activation format this matrix's kernel takes.
     fn takes_q8k(&self) -> bool {
-        matches!(self.weights, Weights::Q4K(_) | Weights::Q6K(_))
+        matches!(
+            self.weights,
+            Weights::Q4K(_) | Weights::Q5K(_) | Weights::Q6K(_)
+        )
     }
 }
 

@@ -33,7 +33,7 @@ pub struct Packed {
 }
 
 /// The 6-bit scale and minimum of sub-block `s` from a super-block's 12 packed bytes.
-fn scale_min(s: usize, packed: &[u8]) -> (u8, u8) {
+pub(super) fn scale_min(s: usize, packed: &[u8]) -> (u8, u8) {
     if s < 4 {
         (packed[s] & 63, packed[s + 4] & 63)
     } else {
@@ -128,7 +128,14 @@ impl super::Packed for Packed {
 /// `d·Σ scale·dot − dmin·Σ min·bsum`, times the activation's scale, added to `sum`: the one
 /// float formula every tier uses, so that they agree to the bit.
 #[inline(always)]
-fn accumulate(sum: f32, d: f32, dmin: f32, scaled: i32, mins: i32, activation: f32) -> f32 {
+pub(super) fn accumulate(
+    sum: f32,
+    d: f32,
+    dmin: f32,
+    scaled: i32,
+    mins: i32,
+    activation: f32,
+) -> f32 {
     d.mul_add(scaled as f32, -(dmin * mins as f32))
         .mul_add(activation, sum)
 }

@@ -47,8 +47,14 @@ fn random_matrix(ggml_type: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -
         let block = &mut bytes[start..];
         // Finite scales, of the magnitudes real files have; every other byte is any value.
         match ggml_type {
-            GgmlType::Q8_0 => block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-2)),
-            GgmlType::Q4_K => {
+            GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q5_0 => {
+                block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-2))
+            }
+            GgmlType::Q4_1 | GgmlType::Q5_1 => {
+                block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-2));
+                block[2..4].copy_from_slice(&rng.scale(-1e-2, 1e-2));
+            }
+            GgmlType::Q4_K | GgmlType::Q5_K => {
                 block[0..2].copy_from_slice(&rng.scale(1e-4, 2e-3));
                 block[2..4].copy_from_slice(&rng.scale(1e-4, 2e-3));
             }
@@ -62,8 +68,13 @@ fn random_matrix(ggml_type: GgmlType, rows: usize, cols: usize, rng: &mut Rng) -
 fn candle_type(ggml_type: GgmlType) -> GgmlDType {
     match ggml_type {
         GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
         GgmlType::Q4_K => GgmlDType::Q4K,
         GgmlType::Q6_K => GgmlDType::Q6K,
+        GgmlType::Q5_K => GgmlDType::Q5K,
         other => unreachable!("no candle type for {other:?}"),
     }
 }
@@ -95,7 +106,9 @@ fn dequantized_activations(ggml_type: GgmlType, x: &[f32]) -> Vec<f32> {
             .collect()
     }
     match ggml_type {
-        GgmlType::Q4_K | GgmlType::Q6_K => roundtrip(x, |b: &ActQ8K, i| b.d * f32::from(b.qs[i])),
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            roundtrip(x, |b: &ActQ8K, i| b.d * f32::from(b.qs[i]))
+        }
         _ => roundtrip(x, |b: &ActQ8_0, i| b.d * f32::from(b.qs[i])),
     }
 }
@@ -150,6 +163,26 @@ proptest! {
     }
 
     #[test]
+    fn q4_0_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..9, m in 1usize..10) {
+        check(GgmlType::Q4_0, rows, blocks * 32, m, seed);
+    }
+
+    #[test]
+    fn q4_1_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..9, m in 1usize..10) {
+        check(GgmlType::Q4_1, rows, blocks * 32, m, seed);
+    }
+
+    #[test]
+    fn q5_0_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..9, m in 1usize..10) {
+        check(GgmlType::Q5_0, rows, blocks * 32, m, seed);
+    }
+
+    #[test]
+    fn q5_1_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..9, m in 1usize..10) {
+        check(GgmlType::Q5_1, rows, blocks * 32, m, seed);
+    }
+
+    #[test]
     fn q4_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
         check(GgmlType::Q4_K, rows, blocks * 256, m, seed);
     }
@@ -158,6 +191,11 @@ proptest! {
     fn q6_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
         check(GgmlType::Q6_K, rows, blocks * 256, m, seed);
     }
+
+    #[test]
+    fn q5_k_matches_the_reference(seed: u64, rows in 1usize..40, blocks in 1usize..4, m in 1usize..10) {
+        check(GgmlType::Q5_K, rows, blocks * 256, m, seed);
+    }
 }
 
 #[test]
@@ -165,8 +203,16 @@ fn real_shapes_match_the_reference() {
     // A decode step and a prompt chunk through a layer-sized matrix, many tiles and threads.
     for (ggml_type, m) in [
         (GgmlType::Q8_0, 1),
+        (GgmlType::Q4_0, 1),
+        (GgmlType::Q4_1, 7),
+        (GgmlType::Q5_0, 1),
+        (GgmlType::Q5_1, 7),
         (GgmlType::Q4_K, 1),
         (GgmlType::Q4_K, 7),
+        (GgmlType::Q5_K, 1),
+        (GgmlType::Q5_K, 7),
+        (GgmlType::Q6_K, 1),
+        (GgmlType::Q6_K, 70),
     ] {
         check(ggml_type, 272, 1024, m, 42);
     }

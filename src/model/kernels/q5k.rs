@@ -1,0 +1,347 @@
+//! Q5_K weights against [`ActQ8K`] activations.
+//!
+//! A Q5_K super-block is Q4_K's with a fifth bit a value: 256 values in 8 sub-blocks of 32,
+//! value = `d·scale[s]·q − dmin·min[s]` with 5-bit `q` (in the file: `d`, `dmin`, the 12 bytes of
+//! 6-bit scales and minimums packed as in Q4_K, 32 bytes `qh` where bit `i` of `qh[l]` is the
+//! fifth bit of value `32i + l`, and the nibbles laid out as in Q4_K).
+//!
+//! A tile block holds one super-block of 16 rows as Q4_K's does (the nibbles as
+//! `qs[g][row][j]` = inputs `8g + j` and `8g + 4 + j`, scales and minimums unpacked to bytes, `d`
+//! and `dmin` as f16), plus the fifth bits as one 64-byte bit plane per sub-block, laid out as in
+//! [`super::legacy`]: bit `v` of `qh[s][p]` is the fifth bit of byte `p` of the sub-block's
+//! operand `v` (the low nibbles of its group `g` for `v = 2g`, the high ones for `2g + 1`), so a
+//! shift, a mask and an OR complete an operand. That is 5.6 bits a weight, against 5.5 in the
+//! file and 8.6 with the values unpacked to bytes; decoding is bound by that traffic.
+//!
+//! Per row and super-block the kernels compute, exactly in integers, `Σ_s scale[s]·Σ q·a` and
+//! `Σ_s min[s]·Σ a`, then apply `d`, `dmin` and the activation's scale in f32 with Q4_K's formula.
+
+use super::activations::ActQ8K;
+use super::q4k::{accumulate, scale_min};
+use super::{Isa, MAX_M, TILE, f16_bits, f16_to_f32};
+
+const SUPER: usize = 256;
+const SUBS: usize = 8;
+const BLOCK_BYTES: usize = 176;
+/// Bytes of one sub-block's fifth-bit plane.
+const PLANE: usize = 64;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct TileBlock {
+    qs: [u8; SUPER / 2 * TILE],
+    qh: [u8; SUBS * PLANE],
+    scales: [u8; SUBS * TILE],
+    mins: [u8; SUBS * TILE],
+    d: [u16; TILE],
+    dmin: [u16; TILE],
+}
+
+pub struct Packed {
+    /// `[tile][super-block]`.
+    blocks: Vec<TileBlock>,
+    blocks_per_row: usize,
+}
+
+impl Packed {
+    pub fn new(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
+        let blocks_per_row = cols / SUPER;
+        let tiles = rows.div_ceil(TILE);
+        let empty = TileBlock {
+            qs: [0; SUPER / 2 * TILE],
+            qh: [0; SUBS * PLANE],
+            scales: [0; SUBS * TILE],
+            mins: [0; SUBS * TILE],
+            d: [0; TILE],
+            dmin: [0; TILE],
+        };
+        let mut blocks = vec![empty; tiles * blocks_per_row];
+        for row in 0..rows {
+            let (tile, r) = (row / TILE, row % TILE);
+            for b in 0..blocks_per_row {
+                let raw = bytes.get((row * blocks_per_row + b) * BLOCK_BYTES..)?;
+                let raw = raw.get(..BLOCK_BYTES)?;
+                let packed = &mut blocks[tile * blocks_per_row + b];
+                packed.d[r] = f16_bits(raw, 0);
+                packed.dmin[r] = f16_bits(raw, 2);
+                for s in 0..SUBS {
+                    let (scale, min) = scale_min(s, &raw[4..16]);
+                    packed.scales[s * TILE + r] = scale;
+                    packed.mins[s * TILE + r] = min;
+                }
+                let (qh, qs) = (&raw[16..48], &raw[48..]);
+                // 32 bytes hold 64 values: 32 in the low nibbles, the next 32 in the high ones.
+                let nibble = |k: usize| {
+                    let byte = qs[k / 64 * 32 + k % 32];
+                    if k % 64 < 32 { byte & 0x0F } else { byte >> 4 }
+                };
+                let fifth = |k: usize| (qh[k % 32] >> (k / 32)) & 1;
+                for g in 0..SUPER / 8 {
+                    let (s, v) = (g / 4, 2 * (g % 4));
+                    for j in 0..4 {
+                        let p = r * 4 + j;
+                        packed.qs[g * TILE * 4 + p] =
+                            nibble(8 * g + j) | (nibble(8 * g + 4 + j) << 4);
+                        packed.qh[s * PLANE + p] |=
+                            (fifth(8 * g + j) << v) | (fifth(8 * g + 4 + j) << (v + 1));
+                    }
+                }
+            }
+        }
+        Some(Self {
+            blocks,
+            blocks_per_row,
+        })
+    }
+
+    fn tile_blocks(&self, tile: usize) -> &[TileBlock] {
+        &self.blocks[tile * self.blocks_per_row..(tile + 1) * self.blocks_per_row]
+    }
+}
+
+impl super::Packed for Packed {
+    type Act = ActQ8K;
+
+    fn tile(&self, isa: Isa, tile: usize, acts: &[&[ActQ8K]], out: &mut [[f32; TILE]; MAX_M]) {
+        let blocks = self.tile_blocks(tile);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has these features.
+            Isa::Avx512Vnni => unsafe {
+                match acts.len() {
+                    1 => x86::tile_avx512::<1>(blocks, acts, out),
+                    2 => x86::tile_avx512::<2>(blocks, acts, out),
+                    3 => x86::tile_avx512::<3>(blocks, acts, out),
+                    _ => x86::tile_avx512::<4>(blocks, acts, out),
+                }
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
+            Isa::Avx2 => unsafe {
+                match acts.len() {
+                    1 => x86::tile_avx2::<1>(blocks, acts, out),
+                    2 => x86::tile_avx2::<2>(blocks, acts, out),
+                    3 => x86::tile_avx2::<3>(blocks, acts, out),
+                    _ => x86::tile_avx2::<4>(blocks, acts, out),
+                }
+            },
+            _ => tile_portable(blocks, acts, out),
+        }
+    }
+}
+
+fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE]; MAX_M]) {
+    for (sums, act) in out.iter_mut().zip(acts) {
+        *sums = [0.0; TILE];
+        for (block, a) in blocks.iter().zip(act.iter()) {
+            for (r, sum) in sums.iter_mut().enumerate() {
+                let (mut scaled, mut mins) = (0i32, 0i32);
+                for s in 0..SUBS {
+                    let mut dot = 0i32;
+                    for g in s * 4..s * 4 + 4 {
+                        let v = 2 * (g % 4);
+                        for j in 0..4 {
+                            let p = r * 4 + j;
+                            let byte = block.qs[g * TILE * 4 + p];
+                            let flags = block.qh[s * PLANE + p];
+                            let low = (byte & 0x0F) | (((flags >> v) & 1) << 4);
+                            let high = (byte >> 4) | (((flags >> (v + 1)) & 1) << 4);
+                            dot += i32::from(low) * i32::from(a.qs[8 * g + j]);
+                            dot += i32::from(high) * i32::from(a.qs[8 * g + 4 + j]);
+                        }
+                    }
+                    scaled += dot * i32::from(block.scales[s * TILE + r]);
+                    let bsum = i32::from(a.bsums[2 * s]) + i32::from(a.bsums[2 * s + 1]);
+                    mins += bsum * i32::from(block.mins[s * TILE + r]);
+                }
+                *sum = accumulate(
+                    *sum,
+                    f16_to_f32(block.d[r]),
+                    f16_to_f32(block.dmin[r]),
+                    scaled,
+                    mins,
+                    a.d,
+                );
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+// Indexing register arrays by a constant-bound loop is what unrolls into registers.
+#[allow(clippy::needless_range_loop)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::super::legacy::flag_to_bit4;
+    use super::{ActQ8K, MAX_M, PLANE, SUBS, TILE, TileBlock};
+
+    #[inline(always)]
+    unsafe fn broadcast4(qs: &[i8; 256], at: usize) -> i32 {
+        unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
+    pub(super) unsafe fn tile_avx512<const M: usize>(
+        blocks: &[TileBlock],
+        acts: &[&[ActQ8K]],
+        out: &mut [[f32; TILE]; MAX_M],
+    ) {
+        let nibble = _mm512_set1_epi8(0x0F);
+        let bit4 = _mm512_set1_epi8(0x10);
+        let mut acc = [_mm512_setzero_ps(); M];
+        for (b, block) in blocks.iter().enumerate() {
+            let qs = block.qs.as_ptr();
+            let mut scaled = [_mm512_setzero_si512(); M];
+            let mut mins = [_mm512_setzero_si512(); M];
+            for s in 0..SUBS {
+                let hb = unsafe { _mm512_loadu_si512(block.qh.as_ptr().add(s * PLANE).cast()) };
+                // Low and high nibbles feed two independent chains.
+                let mut low = [_mm512_setzero_si512(); M];
+                let mut high = [_mm512_setzero_si512(); M];
+                for k in 0..4 {
+                    let g = s * 4 + k;
+                    let w = unsafe { _mm512_loadu_si512(qs.add(g * 64).cast()) };
+                    let f_low = flag_to_bit4!(hb, 2 * k, _mm512_slli_epi16, _mm512_srli_epi16);
+                    let f_high = flag_to_bit4!(hb, 2 * k + 1, _mm512_slli_epi16, _mm512_srli_epi16);
+                    let w_low =
+                        _mm512_or_si512(_mm512_and_si512(w, nibble), _mm512_and_si512(f_low, bit4));
+                    let w_high = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(w), nibble),
+                        _mm512_and_si512(f_high, bit4),
+                    );
+                    for i in 0..M {
+                        let a = &acts[i][b].qs;
+                        let a_low = _mm512_set1_epi32(unsafe { broadcast4(a, 8 * g) });
+                        let a_high = _mm512_set1_epi32(unsafe { broadcast4(a, 8 * g + 4) });
+                        low[i] = _mm512_dpbusd_epi32(low[i], w_low, a_low);
+                        high[i] = _mm512_dpbusd_epi32(high[i], w_high, a_high);
+                    }
+                }
+                let scale = _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(block.scales.as_ptr().add(s * TILE).cast())
+                });
+                let min = _mm512_cvtepu8_epi32(unsafe {
+                    _mm_loadu_si128(block.mins.as_ptr().add(s * TILE).cast())
+                });
+                for i in 0..M {
+                    let dot = _mm512_add_epi32(low[i], high[i]);
+                    scaled[i] = _mm512_add_epi32(scaled[i], _mm512_mullo_epi32(dot, scale));
+                    let bsums = &acts[i][b].bsums;
+                    let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
+                    mins[i] =
+                        _mm512_add_epi32(mins[i], _mm512_mullo_epi32(min, _mm512_set1_epi32(bsum)));
+                }
+            }
+            let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(block.d.as_ptr().cast()) });
+            let dmin = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(block.dmin.as_ptr().cast()) });
+            for i in 0..M {
+                let combined = _mm512_fmsub_ps(
+                    d,
+                    _mm512_cvtepi32_ps(scaled[i]),
+                    _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mins[i])),
+                );
+                acc[i] = _mm512_fmadd_ps(combined, _mm512_set1_ps(acts[i][b].d), acc[i]);
+            }
+        }
+        for i in 0..M {
+            unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn tile_avx2<const M: usize>(
+        blocks: &[TileBlock],
+        acts: &[&[ActQ8K]],
+        out: &mut [[f32; TILE]; MAX_M],
+    ) {
+        let nibble = _mm256_set1_epi8(0x0F);
+        let bit4 = _mm256_set1_epi8(0x10);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for (b, block) in blocks.iter().enumerate() {
+            let qs = block.qs.as_ptr();
+            for half in 0..2 {
+                let mut scaled = [_mm256_setzero_si256(); M];
+                let mut mins = [_mm256_setzero_si256(); M];
+                for s in 0..SUBS {
+                    let hb = unsafe {
+                        _mm256_loadu_si256(block.qh.as_ptr().add(s * PLANE + half * 32).cast())
+                    };
+                    let mut dots = [_mm256_setzero_si256(); M];
+                    for k0 in (0..4).step_by(2) {
+                        // 16-bit sums of two groups: at most 2 · 2 · 2 · 31 · 127 < 2^15.
+                        let mut pairs = [_mm256_setzero_si256(); M];
+                        for k in k0..k0 + 2 {
+                            let g = s * 4 + k;
+                            let w =
+                                unsafe { _mm256_loadu_si256(qs.add(g * 64 + half * 32).cast()) };
+                            let f_low =
+                                flag_to_bit4!(hb, 2 * k, _mm256_slli_epi16, _mm256_srli_epi16);
+                            let f_high =
+                                flag_to_bit4!(hb, 2 * k + 1, _mm256_slli_epi16, _mm256_srli_epi16);
+                            let w_low = _mm256_or_si256(
+                                _mm256_and_si256(w, nibble),
+                                _mm256_and_si256(f_low, bit4),
+                            );
+                            let w_high = _mm256_or_si256(
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(w), nibble),
+                                _mm256_and_si256(f_high, bit4),
+                            );
+                            for i in 0..M {
+                                let a = &acts[i][b].qs;
+                                let a_low = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g) });
+                                let a_high = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g + 4) });
+                                pairs[i] = _mm256_add_epi16(
+                                    pairs[i],
+                                    _mm256_add_epi16(
+                                        _mm256_maddubs_epi16(w_low, a_low),
+                                        _mm256_maddubs_epi16(w_high, a_high),
+                                    ),
+                                );
+                            }
+                        }
+                        for i in 0..M {
+                            dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(pairs[i], ones));
+                        }
+                    }
+                    let scale = _mm256_cvtepu8_epi32(unsafe {
+                        _mm_loadl_epi64(block.scales.as_ptr().add(s * TILE + half * 8).cast())
+                    });
+                    let min = _mm256_cvtepu8_epi32(unsafe {
+                        _mm_loadl_epi64(block.mins.as_ptr().add(s * TILE + half * 8).cast())
+                    });
+                    for i in 0..M {
+                        scaled[i] = _mm256_add_epi32(scaled[i], _mm256_mullo_epi32(dots[i], scale));
+                        let bsums = &acts[i][b].bsums;
+                        let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
+                        mins[i] = _mm256_add_epi32(
+                            mins[i],
+                            _mm256_mullo_epi32(min, _mm256_set1_epi32(bsum)),
+                        );
+                    }
+                }
+                let d = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(block.d.as_ptr().add(half * 8).cast())
+                });
+                let dmin = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(block.dmin.as_ptr().add(half * 8).cast())
+                });
+                for i in 0..M {
+                    let combined = _mm256_fmsub_ps(
+                        d,
+                        _mm256_cvtepi32_ps(scaled[i]),
+                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
+                    );
+                    acc[i][half] =
+                        _mm256_fmadd_ps(combined, _mm256_set1_ps(acts[i][b].d), acc[i][half]);
+                }
+            }
+        }
+        for i in 0..M {
+            for half in 0..2 {
+                unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(half * 8), acc[i][half]) };
+            }
+        }
+    }
+}
