@@ -5,8 +5,8 @@ mod support;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use codellama_lsp::model::LoadedModel;
 use codellama_lsp::model::generate::{FinishReason, GenerationRequest, generate};
+use codellama_lsp::model::{LoadedModel, with_candle_kernels};
 
 #[test]
 fn greedy_text_is_real_and_logits_match_the_reference() {
@@ -17,9 +17,12 @@ fn greedy_text_is_real_and_logits_match_the_reference() {
     assert_eq!(model.tokenizer.kind_name(), "gpt2");
     let prompt = model.tokenizer.encode("The capital of France is", true);
 
-    // Logits after the prompt, against candle-transformers' quantized_llama.
-    let mut cache = model.llama.new_cache().unwrap();
-    let ours: Vec<f32> = model
+    // Logits after the prompt, against candle-transformers' quantized_llama on the same kernels
+    // (ours are checked against ggml's math in `model::kernels`).
+    let on_candle_kernels =
+        with_candle_kernels(|| LoadedModel::load(&path, &Device::Cpu, Some(512))).unwrap();
+    let mut cache = on_candle_kernels.llama.new_cache().unwrap();
+    let ours: Vec<f32> = on_candle_kernels
         .llama
         .forward(&prompt, &mut cache, false)
         .unwrap()

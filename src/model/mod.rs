@@ -21,6 +21,7 @@ pub use device::DeviceSpec;
 pub use kv_cache::KvCache;
 pub use llama::{DEFAULT_CONTEXT, Llama};
 pub use loaded::{LoadedModel, Vocabulary, tokenizer_for};
+pub use projection::with_candle_kernels;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]

@@ -7,6 +7,22 @@ use candle_core::{Device, Module, Storage, Tensor};
 
 use super::kernels::{Isa, QMatrix};
 
+thread_local! {
+    static CANDLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `load` (a model load on this thread) with candle's kernels for every matrix: the parity
+/// tests compare the forward pass with candle-transformers' on the same kernels, to the
+/// tolerance of float reordering, while our kernels are checked against the ggml math on their
+/// own. (Two correct implementations of ggml's 8-bit activations can differ by a logit or more
+/// on a real 30-layer model: each rounds an input across a step the other does not.)
+pub fn with_candle_kernels<T>(load: impl FnOnce() -> T) -> T {
+    CANDLE_ONLY.with(|flag| flag.set(true));
+    let result = load();
+    CANDLE_ONLY.with(|flag| flag.set(false));
+    result
+}
+
 pub(super) enum Projection {
     Kernel(QMatrix),
     Candle(QMatMul),
@@ -22,7 +38,7 @@ impl Projection {
         rows: usize,
         cols: usize,
     ) -> Option<Self> {
-        if !device.is_cpu() || Isa::detect() == Isa::Portable {
+        if !device.is_cpu() || Isa::detect() == Isa::Portable || CANDLE_ONLY.with(|f| f.get()) {
             return None;
         }
         QMatrix::new(ggml_type, bytes, rows, cols).map(Self::Kernel)

@@ -20,12 +20,14 @@ pub trait ActBlock: Copy + Default + Send + Sync {
 }
 
 /// 32 activations as `d · qs[i]`, with `sum = Σ qs[i]` for the formats whose weights carry an
-/// offset (ggml's `block_q8_0`/`block_q8_1` in one, with `d` rounded through f16 as there).
+/// offset and `s = d·Σ qs[i]` for those with a minimum (ggml's `block_q8_0`/`block_q8_1` in one,
+/// with `d` and `s` rounded through f16 as there).
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(16))]
 pub struct ActQ8_0 {
     pub d: f32,
     pub sum: i32,
+    pub s: f32,
     pub qs: [i8; 32],
 }
 
@@ -34,6 +36,7 @@ impl Default for ActQ8_0 {
         Self {
             d: 0.0,
             sum: 0,
+            s: 0.0,
             qs: [0; 32],
         }
     }
@@ -54,6 +57,7 @@ impl ActBlock for ActQ8_0 {
             }
             block.d = half::f16::from_f32(d).to_f32();
             block.sum = sum;
+            block.s = half::f16::from_f32(d * sum as f32).to_f32();
         }
     }
 }

@@ -176,7 +176,8 @@ impl<const QH: usize, const MN: usize> super::Packed for Packed<QH, MN> {
 }
 
 /// Adds one block's `Σ q·a` (`dot`) of a row to `sum`, the one float formula every tier uses:
-/// without a minimum `(dot − offset·Σ a)·(d·d_a)`, as for Q8_0; with one `(d·dot + m·Σ a)·d_a`.
+/// without a minimum `(dot − offset·Σ a)·(d·d_a)`, as for Q8_0; with one
+/// `dot·(d·d_a) + m·s`, where `s` is `d_a·Σ a` rounded through f16 as ggml's `block_q8_1` has it.
 #[inline(always)]
 fn accumulate<const MN: usize>(
     sum: f32,
@@ -189,7 +190,7 @@ fn accumulate<const MN: usize>(
     if MN == 0 {
         ((dot - offset * a.sum) as f32).mul_add(d * a.d, sum)
     } else {
-        d.mul_add(dot as f32, m * a.sum as f32).mul_add(a.d, sum)
+        m.mul_add(a.s, (dot as f32).mul_add(d * a.d, sum))
     }
 }
 
@@ -285,12 +286,9 @@ mod x86 {
                     acc[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
                 } else {
                     let m = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(block.m.as_ptr().cast()) });
-                    let combined = _mm512_fmadd_ps(
-                        d,
-                        _mm512_cvtepi32_ps(dot),
-                        _mm512_mul_ps(m, _mm512_set1_ps(a.sum as f32)),
-                    );
-                    acc[i] = _mm512_fmadd_ps(combined, _mm512_set1_ps(a.d), acc[i]);
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(a.d));
+                    let scaled = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[i]);
+                    acc[i] = _mm512_fmadd_ps(m, _mm512_set1_ps(a.s), scaled);
                 }
             }
         }
@@ -368,12 +366,10 @@ mod x86 {
                         let m = _mm256_cvtph_ps(unsafe {
                             _mm_loadu_si128(block.m.as_ptr().add(half * 8).cast())
                         });
-                        let combined = _mm256_fmadd_ps(
-                            d,
-                            _mm256_cvtepi32_ps(dots[i]),
-                            _mm256_mul_ps(m, _mm256_set1_ps(a.sum as f32)),
-                        );
-                        acc[i][half] = _mm256_fmadd_ps(combined, _mm256_set1_ps(a.d), acc[i][half]);
+                        let scale = _mm256_mul_ps(d, _mm256_set1_ps(a.d));
+                        let scaled =
+                            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[i]), scale, acc[i][half]);
+                        acc[i][half] = _mm256_fmadd_ps(m, _mm256_set1_ps(a.s), scaled);
                     }
                 }
             }
