@@ -5,6 +5,7 @@
 //!
 //! Fills the cache with CONTEXT tokens (default 3000) in prefill chunks, then times STEPS greedy
 //! decode steps (default 32), and the same number of steps after a 16-token prompt.
+//! `KV_TYPE=f32` picks the KV cache type (default f16).
 
 use std::time::Instant;
 
@@ -20,7 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let context: usize = args.get(2).map_or(Ok(3000), |a| a.parse())?;
     let steps: usize = args.get(3).map_or(Ok(32), |a| a.parse())?;
-    let model = LoadedModel::load(path.as_ref(), &Device::Cpu, Some(context + steps + 8))?;
+    let mut model = LoadedModel::load(path.as_ref(), &Device::Cpu, Some(context + steps + 8))?;
+    if let Ok(kv_type) = std::env::var("KV_TYPE") {
+        model.llama.set_kv_type(kv_type.parse()?);
+    }
     let llama = &model.llama;
     let vocab = model.tokenizer.vocab_size() as u32;
     // Deterministic filler tokens: the values do not matter for timing.
