@@ -12,7 +12,7 @@ use tokio::sync::watch;
 
 use crate::engine::Engine;
 use crate::model::tokenizer::Tokenizer;
-use crate::model::{DeviceSpec, LoadedModel, Vocabulary};
+use crate::model::{DeviceSpec, KvType, LoadedModel, Vocabulary};
 use crate::prompt::{ChatTemplate, FimOrder, FimTemplate};
 use crate::remote::{self, BackendChoice, RemoteSpec};
 
@@ -20,7 +20,7 @@ use crate::remote::{self, BackendChoice, RemoteSpec};
 /// vocabulary and connects instead.
 async fn build(key: LoadKey) -> Result<ReadyModel, String> {
     match key.backend {
-        BackendChoice::Local => build_local(key.path, key.device, key.context).await,
+        BackendChoice::Local => build_local(key.path, key.device, key.kv_type, key.context).await,
         BackendChoice::Remote(spec) => connect(spec, key.path, key.context).await,
     }
 }
@@ -28,11 +28,14 @@ async fn build(key: LoadKey) -> Result<ReadyModel, String> {
 async fn build_local(
     path: PathBuf,
     device: DeviceSpec,
+    kv_type: KvType,
     context: usize,
 ) -> Result<ReadyModel, String> {
     tokio::task::spawn_blocking(move || -> Result<ReadyModel, String> {
         let device = device.open().map_err(|e| e.to_string())?;
-        let model = LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
+        let mut model =
+            LoadedModel::load(&path, &device, Some(context)).map_err(|e| e.to_string())?;
+        model.llama.set_kv_type(kv_type);
         let template = FimTemplate::detect(&model.tokenizer, &model.name);
         let chat = ChatTemplate::detect(&model.tokenizer);
         let context_tokens = model.llama.max_positions();
@@ -140,12 +143,13 @@ impl ReadyModel {
     }
 }
 
-/// What identifies a load: the same file, device and context need no reload.
+/// What identifies a load: the same file, device, KV cache type and context need no reload.
 #[derive(Clone, Debug, PartialEq)]
 struct LoadKey {
     /// The model file; for a remote backend, the file whose vocabulary the server's model uses.
     path: PathBuf,
     device: DeviceSpec,
+    kv_type: KvType,
     context: usize,
     backend: BackendChoice,
 }
@@ -184,12 +188,14 @@ impl ModelHost {
         &self,
         path: PathBuf,
         device: DeviceSpec,
+        kv_type: KvType,
         context: usize,
         backend: &BackendChoice,
     ) -> Option<Result<String, String>> {
         let key = LoadKey {
             path: path.clone(),
             device,
+            kv_type,
             context,
             backend: backend.clone(),
         };

@@ -7,7 +7,7 @@
 
 use serde::Deserialize;
 
-use crate::model::DeviceSpec;
+use crate::model::{DeviceSpec, KvType};
 use crate::prompt::FimOrder;
 use crate::remote::{BackendChoice, BackendLayer};
 
@@ -16,6 +16,8 @@ pub struct Settings {
     /// A GGUF path or a hub spec (`owner/repo:file.gguf`); `None` is the default model.
     pub model: Option<String>,
     pub device: DeviceSpec,
+    /// How the KV cache stores keys and values.
+    pub kv_type: KvType,
     /// Most tokens a completion may generate.
     pub max_tokens: usize,
     /// The context the prompt is built for (prompt budget = this − `max_tokens`).
@@ -41,6 +43,7 @@ impl Default for Settings {
         Self {
             model: None,
             device: DeviceSpec::Auto,
+            kv_type: KvType::F16,
             max_tokens: 128,
             context_tokens: 4096,
             temperature: 0.0,
@@ -61,6 +64,7 @@ impl Default for Settings {
 pub struct SettingsLayer {
     pub model: Option<String>,
     pub device: Option<String>,
+    pub kv_type: Option<String>,
     pub max_tokens: Option<usize>,
     pub context_tokens: Option<usize>,
     pub temperature: Option<f32>,
@@ -96,6 +100,11 @@ impl Settings {
         }
         if let Some(device) = &layer.device {
             next.device = device.parse()?;
+        }
+        if let Some(kv_type) = &layer.kv_type {
+            next.kv_type = kv_type
+                .parse()
+                .map_err(|error: String| format!("kvType: {error}"))?;
         }
         if let Some(max_tokens) = layer.max_tokens {
             next.max_tokens = max_tokens;
@@ -208,6 +217,24 @@ mod tests {
                 .unwrap_err()
                 .contains("unknown device")
         );
+    }
+
+    #[test]
+    fn the_kv_cache_type_is_f16_by_default_and_an_unknown_one_is_refused_whole() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.kv_type, KvType::F16);
+        let f32 = SettingsLayer::from_json(&json!({"kvType": "f32"})).unwrap();
+        settings.apply(&f32).unwrap();
+        assert_eq!(settings.kv_type, KvType::F32);
+        let before = settings.clone();
+        let bad = SettingsLayer::from_json(&json!({"kvType": "q4", "maxTokens": 64})).unwrap();
+        let error = settings.apply(&bad).unwrap_err();
+        assert!(
+            error.contains("kvType") && error.contains("f16 or f32"),
+            "{error}"
+        );
+        assert_eq!(settings, before);
+        assert!(SettingsLayer::from_json(&json!({"kvType": 16})).is_err());
     }
 
     #[test]

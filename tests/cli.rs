@@ -114,6 +114,62 @@ fn generate_json_has_the_documented_fields_and_is_deterministic() {
 }
 
 #[test]
+fn models_info_estimates_memory_with_the_kv_cache_of_the_chosen_type() {
+    let model = fixture("codellama-lsp-tiny-q8_0.gguf");
+    let path = model.to_str().unwrap();
+    let f16 = stdout_json(&run(&["models", "info", path, "--json"], b""));
+    let f32 = stdout_json(&run(
+        &["models", "info", path, "--kv-type", "f32", "--json"],
+        b"",
+    ));
+    let bytes = |info: &Value, field: &str| info["memory"][field].as_u64().unwrap();
+    assert_eq!(f16["memory"]["kv_type"], "f16", "{f16}");
+    assert!(bytes(&f16, "kv_cache_bytes") > 0);
+    assert_eq!(
+        bytes(&f32, "kv_cache_bytes"),
+        2 * bytes(&f16, "kv_cache_bytes")
+    );
+    assert_eq!(
+        bytes(&f16, "total_bytes"),
+        bytes(&f16, "weights_bytes") + bytes(&f16, "kv_cache_bytes")
+    );
+    let text = run(&["models", "info", path], b"");
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("memory:") && text.contains("in f16"),
+        "{text}"
+    );
+    // Both cache types generate, and an unknown one is refused before anything loads.
+    for kv_type in ["f16", "f32"] {
+        let generated = stdout_json(&run(
+            &[
+                "generate",
+                "--model",
+                path,
+                "--ids",
+                "1,455,403",
+                "--max-tokens",
+                "3",
+                "--kv-type",
+                kv_type,
+                "--json",
+            ],
+            b"",
+        ));
+        assert_eq!(generated["ids"].as_array().unwrap().len(), 3);
+    }
+    let bad = run(
+        &["generate", "--model", path, "--ids", "1", "--kv-type", "q4"],
+        b"",
+    );
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && stderr.contains("f16 or f32"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bench_reports_every_number() {
     let model = fixture("codellama-lsp-tiny-q4_k.gguf");
     let report = stdout_json(&run(

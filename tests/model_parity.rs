@@ -9,7 +9,7 @@ mod support;
 
 use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
-use codellama_lsp::model::Llama;
+use codellama_lsp::model::{KvType, Llama};
 
 const TOLERANCE: f32 = 1e-4;
 
@@ -139,7 +139,11 @@ fn logits_match_quantized_llama_on_our_fixtures_with_gqa_and_k_quants() {
     ];
     for variant in codellama_lsp::fixtures::Variant::ALL {
         let path = own_fixture(variant.file_name());
-        let (model, _) = Llama::load(&path, &Device::Cpu, Some(256)).unwrap();
+        let (mut model, _) = Llama::load(&path, &Device::Cpu, Some(256)).unwrap();
+        // The reference keeps keys and values in F32. With an F16 cache the attention output
+        // moves by F16 rounding, and the Q8_0/Q4_K matrices' 8-bit quantization of their input
+        // can turn that into a step (up to 2e-3 here); F16 against F32 is checked below.
+        model.set_kv_type(KvType::F32);
         assert_eq!(model.config().head_count / model.config().head_count_kv, 2);
         for len in [1, 3, prompt.len()] {
             let mut cache = model.new_cache().unwrap();
@@ -162,6 +166,85 @@ fn committed_fixtures_equal_a_fresh_generation() {
         assert!(
             committed == fresh,
             "{variant:?}: run `cargo run -- fixtures` and commit the result"
+        );
+    }
+}
+
+/// Greedy decoding from `prompt` with a cache of `kv_type`: the logits of the prompt's positions
+/// and of every step, and the tokens chosen.
+fn greedy_run(
+    model: &mut Llama,
+    kv_type: KvType,
+    prompt: &[u32],
+    steps: usize,
+) -> (Vec<Vec<f32>>, Vec<u32>) {
+    model.set_kv_type(kv_type);
+    let mut cache = model.new_cache().unwrap();
+    assert_eq!(cache.kv_type(), kv_type);
+    let all = model.forward(prompt, &mut cache, true).unwrap();
+    let mut rows: Vec<Vec<f32>> = (0..prompt.len())
+        .map(|i| all.get(i).unwrap().to_vec1().unwrap())
+        .collect();
+    let mut tokens = Vec::new();
+    for _ in 0..steps {
+        let last = rows.last().unwrap();
+        let next = codellama_lsp::model::sampling::argmax(last);
+        tokens.push(next);
+        rows.push(last_row(
+            &model.forward(&[next], &mut cache, false).unwrap(),
+        ));
+    }
+    (rows, tokens)
+}
+
+#[test]
+fn f16_and_f32_kv_caches_agree_on_every_fixture() {
+    // F16 keeps 11 significant bits, so keys and values move by at most 2^-11 of their size.
+    // Where the matrices are floats that moves these logits (order 1e-1..1e1) by under 1e-2.
+    // Quantized matrices (Q8_0, Q4_K) quantize their input to 8 bits per value first, so a
+    // change that small can move an input by a whole step (1/127 of its block's largest value):
+    // the same happens between any two ways of computing attention, and the logits then differ
+    // by up to a few per cent of their range. The greedy choices stay the same on every fixture.
+    const FLOAT_TOLERANCE: f32 = 1e-2;
+    const QUANTIZED_SHARE: f32 = 0.05;
+    let mut files: Vec<_> = std::fs::read_dir(own_fixture(""))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "gguf"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 7, "{files:?}");
+    for path in files {
+        let (mut model, gguf) = Llama::load(&path, &Device::Cpu, Some(256)).unwrap();
+        let float_matrices = gguf
+            .tensors
+            .iter()
+            .filter(|t| t.dims.len() == 2)
+            .all(|t| matches!(t.ggml_type.name(), "F32" | "F16" | "BF16"));
+        let vocab = model.config().vocab_size as u32;
+        let prompt: Vec<u32> = (0..40u32).map(|i| (i * 7919 + 3) % vocab).collect();
+        let (f32_rows, f32_tokens) = greedy_run(&mut model, KvType::F32, &prompt, 24);
+        let (f16_rows, f16_tokens) = greedy_run(&mut model, KvType::F16, &prompt, 24);
+        let name = path.file_name().unwrap().to_string_lossy();
+        assert_eq!(f16_tokens, f32_tokens, "{name}: greedy tokens");
+        let worst = f16_rows
+            .iter()
+            .zip(&f32_rows)
+            .map(|(a, b)| max_difference(a, b))
+            .fold(0.0, f32::max);
+        let range = f32_rows
+            .iter()
+            .flatten()
+            .fold(0.0f32, |m, x| m.max(x.abs()));
+        eprintln!("{name}: max |Δ| between F16 and F32 KV logits = {worst} (max |logit| {range})");
+        let tolerance = if float_matrices {
+            FLOAT_TOLERANCE
+        } else {
+            QUANTIZED_SHARE * range
+        };
+        assert!(
+            worst < tolerance,
+            "{name}: max |Δ| = {worst}, range {range}"
         );
     }
 }

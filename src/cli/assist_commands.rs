@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::actions::Language;
 use crate::actions::edit::unified_diff;
 use crate::assist::{self, ModelGenerator, Replacement};
-use crate::model::DeviceSpec;
+use crate::model::{DeviceSpec, KvType};
 use crate::settings::Settings;
 
 /// What both commands need to run a model.
@@ -24,6 +24,9 @@ pub struct ModelArgs {
     model: Option<super::models::ModelRef>,
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// How the KV cache stores keys and values: f16 (half the memory of f32) or f32.
+    #[arg(long, default_value = "f16", value_name = "f16|f32")]
+    kv_type: KvType,
     #[command(flatten)]
     backend: super::backend::BackendArgs,
     /// 0 is greedy (deterministic).
@@ -201,7 +204,13 @@ fn language_of(file: &Path, id: Option<&str>) -> Result<Language> {
 fn start_model(args: &ModelArgs) -> Result<ModelGenerator> {
     let backend = args.backend.choice()?;
     let path = super::backend::model_file(args.model.as_ref(), &backend)?;
-    let (host, _) = super::backend::start(path, args.device, args.context_tokens, &backend)?;
+    let (host, _) = super::backend::start(
+        path,
+        args.device,
+        args.kv_type,
+        args.context_tokens,
+        &backend,
+    )?;
     Ok(ModelGenerator::new(
         host,
         args.temperature,

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use super::models::ModelRef;
-use crate::model::DeviceSpec;
+use crate::model::{DeviceSpec, KvType};
 use crate::model_host::{ModelHost, ModelState, ReadyModel};
 use crate::remote::{self, BackendChoice, RemoteKind};
 
@@ -89,11 +89,13 @@ pub fn model_file(model: Option<&ModelRef>, backend: &BackendChoice) -> Result<P
 pub fn start(
     path: PathBuf,
     device: DeviceSpec,
+    kv_type: KvType,
     context_tokens: usize,
     backend: &BackendChoice,
 ) -> Result<(Arc<ModelHost>, Arc<ReadyModel>)> {
     let host = Arc::new(ModelHost::new());
-    let outcome = runtime()?.block_on(host.load(path.clone(), device, context_tokens, backend));
+    let outcome =
+        runtime()?.block_on(host.load(path.clone(), device, kv_type, context_tokens, backend));
     if let Some(Err(error)) = outcome {
         bail!("cannot load {}: {error}", path.display());
     }

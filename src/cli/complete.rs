@@ -12,7 +12,7 @@ use crate::document::Document;
 use crate::engine::JobRequest;
 use crate::model::generate::{GenerationRequest, generate};
 use crate::model::sampling::SamplingParams;
-use crate::model::{DeviceSpec, LoadedModel, Vocabulary};
+use crate::model::{DeviceSpec, KvType, LoadedModel, Vocabulary};
 use crate::prompt::{self, FimOrder, FimTemplate, WindowConfig};
 use crate::settings::Settings;
 
@@ -54,6 +54,9 @@ pub struct CompleteArgs {
     context_tokens: usize,
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// How the KV cache stores keys and values: f16 (half the memory of f32) or f32.
+    #[arg(long, default_value = "f16", value_name = "f16|f32")]
+    kv_type: KvType,
     /// Print the prompt's token ids as one JSON array and exit without generating.
     #[arg(long)]
     show_prompt: bool,
@@ -103,6 +106,7 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
             super::backend::start(
                 model_path.clone(),
                 args.device,
+                args.kv_type,
                 args.context_tokens,
                 &backend,
             )?
@@ -169,11 +173,12 @@ pub fn run(args: &CompleteArgs) -> Result<()> {
         }
         None => {
             let device = args.device.open()?;
-            let model = LoadedModel::load(
+            let mut model = LoadedModel::load(
                 &model_path,
                 &device,
                 Some(built.ids.len() + args.max_tokens),
             )?;
+            model.llama.set_kv_type(args.kv_type);
             let mut cache = model.llama.new_cache()?;
             generate(&model, &mut cache, &request, &mut || false, &mut |_| {})?
         }

@@ -15,7 +15,7 @@ use crate::document::Document;
 use crate::eval::report::{self, Baseline, CorpusInfo, ModelInfo, REPORT_VERSION};
 use crate::eval::{self, HoleKind, HoleResult, Report, SourceFile, corpus, score};
 use crate::model::generate::{GenerationRequest, generate};
-use crate::model::{DeviceSpec, LoadedModel};
+use crate::model::{DeviceSpec, KvType, LoadedModel};
 use crate::prompt::{FimOrder, FimTemplate};
 use crate::settings::Settings;
 
@@ -88,6 +88,9 @@ pub struct EvalArgs {
     no_postprocess: bool,
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// How the KV cache stores keys and values: f16 (half the memory of f32) or f32.
+    #[arg(long, default_value = "f16", value_name = "f16|f32")]
+    kv_type: KvType,
     /// Corpus files read at most per root given (more are thinned evenly).
     #[arg(long, default_value_t = 2000, value_name = "N")]
     max_files: usize,
@@ -154,7 +157,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
 
     let path = args.model.path()?;
     let device = args.device.open()?;
-    let model = LoadedModel::load(&path, &device, Some(args.context_tokens + 64))?;
+    let mut model = LoadedModel::load(&path, &device, Some(args.context_tokens + 64))?;
+    model.llama.set_kv_type(args.kv_type);
     let (template, note) =
         FimTemplate::or_prefix_only(FimTemplate::detect(&model.tokenizer, &model.name));
     if let Some(note) = note {

@@ -41,7 +41,7 @@ use clap::ValueEnum;
 use serde_json::{Map, Value, json};
 
 use crate::fixtures::SplitMix64;
-use crate::model::DeviceSpec;
+use crate::model::{DeviceSpec, KvType};
 
 /// The document typed into.
 const DOCUMENT: &str = include_str!("../../bench/inventory.py");
@@ -111,6 +111,7 @@ impl Scenario {
 pub struct Options {
     pub model: PathBuf,
     pub device: DeviceSpec,
+    pub kv_type: KvType,
     pub scenarios: Vec<Scenario>,
     pub keystrokes: usize,
     pub seed: u64,
@@ -129,7 +130,10 @@ pub fn run(options: &Options, json_output: bool) -> Result<()> {
     }
     let (decode_step_ms, measured) = match options.decode_step_ms {
         Some(ms) => (ms, false),
-        None => (measure_decode_step(&options.model, options.device)?, true),
+        None => (
+            measure_decode_step(&options.model, options.device, options.kv_type)?,
+            true,
+        ),
     };
     let mut scenarios = Vec::new();
     for &scenario in &options.scenarios {
@@ -332,6 +336,8 @@ impl Server {
             .arg(&options.model)
             .arg("--device")
             .arg(options.device.to_string())
+            .arg("--kv-type")
+            .arg(options.kv_type.name())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(stderr)
@@ -910,11 +916,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// One decode step of the model at a short context, measured in this process (the median of 8
 /// after a 256-token prefill); the model is dropped before any server starts.
-fn measure_decode_step(path: &Path, device: DeviceSpec) -> Result<f64> {
+fn measure_decode_step(path: &Path, device: DeviceSpec, kv_type: KvType) -> Result<f64> {
     use crate::model::LoadedModel;
     use crate::model::sampling::argmax;
     let device = device.open()?;
-    let model = LoadedModel::load(path, &device, Some(512))?;
+    let mut model = LoadedModel::load(path, &device, Some(512))?;
+    model.llama.set_kv_type(kv_type);
     let llama = &model.llama;
     let mut cache = llama.new_cache()?;
     let mut prompt = model.tokenizer.encode(DOCUMENT, true);

@@ -111,6 +111,10 @@ pub struct ServeArgs {
     /// overrides it).
     #[arg(long, value_name = "DEVICE")]
     pub device: Option<crate::model::DeviceSpec>,
+    /// How the KV cache stores keys and values: f16 (the default; half the memory of f32) or
+    /// f32 (the editor's "kvType" setting overrides it).
+    #[arg(long, value_name = "f16|f32")]
+    pub kv_type: Option<crate::model::KvType>,
     /// Where the model runs (the editor's "backend" setting overrides it).
     #[command(flatten)]
     pub backend: backend::BackendArgs,
@@ -146,10 +150,11 @@ pub fn main() -> i32 {
     let serve_options = cli.serve.stdio
         || cli.serve.model.is_some()
         || cli.serve.device.is_some()
+        || cli.serve.kv_type.is_some()
         || cli.serve.backend.backend.is_some();
     if serve_options && !matches!(cli.command, None | Some(Command::Serve(_))) {
         eprintln!(
-            "codellama-lsp: error: --stdio, --model, --device and --backend before a subcommand are options of the server; put them after the subcommand"
+            "codellama-lsp: error: --stdio, --model, --device, --kv-type and --backend before a subcommand are options of the server; put them after the subcommand"
         );
         return 2;
     }
@@ -229,6 +234,9 @@ fn run_serve(client_log: ClientLogReceiver, args: &ServeArgs) -> i32 {
     }
     if let Some(device) = args.device {
         settings.device = device;
+    }
+    if let Some(kv_type) = args.kv_type {
+        settings.kv_type = kv_type;
     }
     match args.backend.choice() {
         Ok(backend) => settings.backend = backend,

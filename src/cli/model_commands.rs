@@ -11,7 +11,7 @@ use serde_json::json;
 use crate::model::generate::{GenerationRequest, generate as run_generation};
 use crate::model::gguf::GgufFile;
 use crate::model::sampling::{SamplingParams, argmax};
-use crate::model::{DeviceSpec, LoadedModel, tokenizer_for};
+use crate::model::{DeviceSpec, KvType, LoadedModel, tokenizer_for};
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
@@ -34,6 +34,9 @@ pub struct ModelArgs {
     /// Where to run: auto, cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
     device: DeviceSpec,
+    /// How the KV cache stores keys and values: f16 (half the memory of f32) or f32.
+    #[arg(long, default_value = "f16", value_name = "f16|f32")]
+    kv_type: KvType,
 }
 
 #[derive(Debug, Args)]
@@ -142,7 +145,8 @@ pub fn tokenize(args: &TokenizeArgs) -> Result<()> {
 fn load(args: &ModelArgs, max_positions: Option<usize>) -> Result<LoadedModel> {
     let device = args.device.open()?;
     let started = Instant::now();
-    let model = LoadedModel::load(&args.model.path()?, &device, max_positions)?;
+    let mut model = LoadedModel::load(&args.model.path()?, &device, max_positions)?;
+    model.llama.set_kv_type(args.kv_type);
     tracing::info!(
         "loaded {} on {} in {:.0} ms",
         model.name,
@@ -213,8 +217,13 @@ fn bench_prompt(model: &LoadedModel, len: usize) -> Vec<u32> {
 /// `bench --typing --backend URL`: the typing session through the local engine and the server.
 fn bench_backends(args: &BenchArgs, backend: &crate::remote::BackendChoice) -> Result<()> {
     let path = args.model.model.path()?;
-    let (_host, server) =
-        super::backend::start(path, args.model.device, args.context_tokens, backend)?;
+    let (_host, server) = super::backend::start(
+        path,
+        args.model.device,
+        args.model.kv_type,
+        args.context_tokens,
+        backend,
+    )?;
     let local = load(&args.model, Some(args.context_tokens))?;
     let template = crate::prompt::FimTemplate::detect(&local.tokenizer, &local.name)
         .map_err(anyhow::Error::msg)?;
@@ -289,6 +298,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let options = super::lsp_bench::Options {
             model: args.model.model.path()?,
             device: args.model.device,
+            kv_type: args.model.kv_type,
             scenarios: args.scenarios.clone(),
             keystrokes: args.keystrokes,
             seed: args.seed,
@@ -382,6 +392,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         "model": model.name,
         "path": model.path,
         "device": crate::model::device::describe(llama.device()),
+        "kv_type": llama.kv_type().name(),
         "prefill_tokens": PREFILL,
         "prefill_tok_s": PREFILL as f64 / prefill_s,
         "decode_tokens": DECODE,

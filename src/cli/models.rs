@@ -13,7 +13,7 @@ use serde_json::json;
 
 use crate::model::gguf::GgufFile;
 use crate::model::summary::{self, ModelSummary};
-use crate::model::tokenizer_for;
+use crate::model::{KvType, tokenizer_for};
 use crate::store::{self, DownloadProgress, ModelSpec, Store};
 
 /// What `--model` names: a local GGUF file or `owner/repo:file.gguf` on the Hugging Face hub.
@@ -122,6 +122,9 @@ enum ModelsCommand {
     Info {
         /// A GGUF file or owner/repo:file.gguf.
         model: ModelRef,
+        /// The KV cache type the memory estimate assumes: f16 or f32.
+        #[arg(long, default_value = "f16", value_name = "f16|f32")]
+        kv_type: KvType,
         #[arg(long)]
         json: bool,
     },
@@ -147,7 +150,11 @@ pub fn run(args: &ModelsArgs) -> Result<()> {
             println!("{}", resolve(&spec)?.display());
             Ok(())
         }
-        ModelsCommand::Info { model, json } => info(&model.path()?, *json),
+        ModelsCommand::Info {
+            model,
+            kv_type,
+            json,
+        } => info(&model.path()?, *kv_type, *json),
         ModelsCommand::Verify { model } => verify(&model.path()?),
     }
 }
@@ -212,11 +219,14 @@ fn list(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn info(path: &std::path::Path, json: bool) -> Result<()> {
-    let summary = read_summary(path)?;
+fn info(path: &std::path::Path, kv_type: KvType, json: bool) -> Result<()> {
+    let gguf = GgufFile::read(path)?;
+    let summary = summary::summarize(&gguf)?;
+    let memory = summary::memory_estimate(&gguf, kv_type);
     if json {
         let mut value = serde_json::to_value(&summary)?;
         value["path"] = json!(path);
+        value["memory"] = json!(memory);
         println!("{value}");
         return Ok(());
     }
@@ -279,6 +289,16 @@ fn info(path: &std::path::Path, json: bool) -> Result<()> {
         ),
     }
     println!("chat template: {}", summary.chat_template.unwrap_or("none"));
+    if let Some(memory) = memory {
+        println!(
+            "memory:        about {} (weights {} + KV cache {}: {} positions in {})",
+            gigabytes(memory.total_bytes),
+            gigabytes(memory.weights_bytes),
+            gigabytes(memory.kv_cache_bytes),
+            memory.kv_positions,
+            memory.kv_type
+        );
+    }
     Ok(())
 }
 

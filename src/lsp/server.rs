@@ -240,6 +240,7 @@ impl Backend {
             .load(
                 path.clone(),
                 settings.device,
+                settings.kv_type,
                 settings.context_tokens,
                 &settings.backend,
             )

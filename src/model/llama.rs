@@ -15,9 +15,10 @@ use candle_core::quantized::{GgmlDType, QMatMul, QTensor, ggml_file::qtensor_fro
 use candle_core::{D, DType, Device, Tensor};
 
 use super::ModelError;
+use super::attention::{self, AttentionShape};
 use super::config::{FeedForward, LlamaConfig, RopeStyle};
 use super::gguf::{GgmlType, GgufFile};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvType, LayerKv};
 use super::projection::Projection;
 
 /// Positions supported when the caller does not say: the completion prompt budget's default.
@@ -96,6 +97,8 @@ pub struct Llama {
     rotations: Rotations,
     /// The largest position count this instance supports (RoPE tables and cache capacity).
     max_positions: usize,
+    /// How new caches store keys and values.
+    kv_type: KvType,
 }
 
 /// Reads tensors from a memory-mapped GGUF file whose header has already been validated.
@@ -363,6 +366,7 @@ impl Llama {
             output,
             rotations,
             max_positions,
+            kv_type: KvType::default(),
         })
     }
 
@@ -378,8 +382,16 @@ impl Llama {
         self.max_positions
     }
 
-    /// A cache sized for this model's `max_positions`; F16 on GPUs (half the memory, fast
-    /// kernels), F32 on CPU (where candle's F16 matmul is slow).
+    /// How caches made from now on store keys and values (F16 unless set).
+    pub fn kv_type(&self) -> KvType {
+        self.kv_type
+    }
+
+    pub fn set_kv_type(&mut self, kv_type: KvType) {
+        self.kv_type = kv_type;
+    }
+
+    /// A cache sized for this model's `max_positions`, of the model's [`KvType`].
     pub fn new_cache(&self) -> Result<KvCache, ModelError> {
         self.new_cache_for(self.max_positions)
     }
@@ -387,15 +399,10 @@ impl Llama {
     /// A KV cache for at most `positions` positions (capped by the model's context), e.g. one
     /// sized to a single job.
     pub fn new_cache_for(&self, positions: usize) -> Result<KvCache, ModelError> {
-        let dtype = if self.device.is_cpu() {
-            DType::F32
-        } else {
-            DType::F16
-        };
         KvCache::new(
             &self.config,
             positions.min(self.max_positions),
-            dtype,
+            self.kv_type,
             &self.device,
         )
         .map_err(|error| ModelError::candle("allocating the KV cache", error))
@@ -447,7 +454,7 @@ impl Llama {
         &self,
         tokens: &[u32],
         start: usize,
-        cache: &KvCache,
+        cache: &mut KvCache,
         all_logits: bool,
     ) -> candle_core::Result<Tensor> {
         let seq = tokens.len();
@@ -456,7 +463,8 @@ impl Llama {
         if self.config.family.scales_embeddings() {
             x = (x * (self.config.embedding_length as f64).sqrt())?;
         }
-        let mask = (seq > 1)
+        // The CPU kernel applies causality itself; candle's attention needs a mask.
+        let mask = (seq > 1 && !cache.on_host())
             .then(|| causal_mask(seq, start, &self.device))
             .transpose()?;
         let eps = self.config.rms_norm_eps as f32;
@@ -498,7 +506,7 @@ impl Llama {
         x: &Tensor,
         start: usize,
         mask: Option<&Tensor>,
-        cache: &KvCache,
+        cache: &mut KvCache,
     ) -> candle_core::Result<Tensor> {
         let c = &self.config;
         let seq = x.dim(0)?;
@@ -518,8 +526,25 @@ impl Llama {
             .apply(&heads(&layer.wk, c.head_count_kv)?, start, c)?;
         let v = heads(&layer.wv, c.head_count_kv)?;
         cache.write(index, start, &k.squeeze(0)?, &v.squeeze(0)?)?;
-        let (keys, values) = cache.view(index, start + seq)?;
-        let (keys, values) = (keys.to_dtype(DType::F32)?, values.to_dtype(DType::F32)?);
+        let shape = AttentionShape {
+            kv_heads: c.head_count_kv,
+            group,
+            head_dim: c.head_dim,
+            start,
+            seq,
+            capacity: cache.capacity(),
+        };
+        let (keys, values) = match cache.layer(index, start + seq)? {
+            LayerKv::F16 { keys, values } => {
+                return self.attend_on_host(layer, &q, keys, values, shape);
+            }
+            LayerKv::F32 { keys, values } => {
+                return self.attend_on_host(layer, &q, keys, values, shape);
+            }
+            LayerKv::Tensors { keys, values } => {
+                (keys.to_dtype(DType::F32)?, values.to_dtype(DType::F32)?)
+            }
+        };
         // Grouped-query attention without copying keys: query head h uses key head h / group,
         // so the `group` query heads of one key head are stacked as extra rows.
         let q = q.reshape((c.head_count_kv, group * seq, c.head_dim))?;
@@ -538,6 +563,23 @@ impl Llama {
             .reshape((c.head_count, seq, c.head_dim))?
             .transpose(0, 1)?
             .reshape((seq, c.query_width()))?;
+        layer.wo.forward(&y)
+    }
+
+    /// The CPU path of [`attention`](Self::attention): the kernel reads the cache in place.
+    /// `q` is `[1, heads, seq, head_dim]`.
+    fn attend_on_host<T: attention::KvElement>(
+        &self,
+        layer: &Layer,
+        q: &Tensor,
+        keys: &[T],
+        values: &[T],
+        shape: AttentionShape,
+    ) -> candle_core::Result<Tensor> {
+        let queries = q.flatten_all()?.to_vec1::<f32>()?;
+        let mut out = vec![0.0f32; shape.query_len()];
+        attention::attend(&queries, keys, values, shape, &mut out);
+        let y = Tensor::from_vec(out, (shape.seq, self.config.query_width()), &self.device)?;
         layer.wo.forward(&y)
     }
 }

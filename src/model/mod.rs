@@ -3,6 +3,7 @@
 //! Everything here is synchronous and owned by the engine's worker thread; nothing here knows
 //! about LSP or documents.
 
+mod attention;
 mod config;
 pub mod device;
 pub mod generate;
@@ -18,7 +19,7 @@ pub mod tokenizer;
 
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvType, cache_bytes};
 pub use llama::{DEFAULT_CONTEXT, Llama};
 pub use loaded::{LoadedModel, Vocabulary, tokenizer_for};
 pub use projection::with_candle_kernels;

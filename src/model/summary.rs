@@ -7,8 +7,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::config::Architecture;
+use super::config::{Architecture, LlamaConfig};
 use super::gguf::{GgufError, GgufFile};
+use super::kv_cache::{KvType, cache_bytes};
+use super::llama::DEFAULT_CONTEXT;
 use super::tokenizer::{Tokenizer, TokenizerError};
 use crate::prompt::{ChatTemplate, FimTemplate};
 
@@ -44,6 +46,36 @@ pub struct FimIds {
     pub middle: u32,
     /// The tokens' texts, in the same order.
     pub pieces: [String; 3],
+}
+
+/// The memory a model takes to run: its weights (as stored in the file) and its KV cache at the
+/// default context.
+#[derive(Clone, Debug, Serialize)]
+pub struct MemoryEstimate {
+    pub weights_bytes: u64,
+    pub kv_cache_bytes: u64,
+    /// The positions the cache is sized for: the default context, or the model's if shorter.
+    pub kv_positions: usize,
+    pub kv_type: &'static str,
+    pub total_bytes: u64,
+}
+
+/// `None` for files the engine cannot run (other architectures, vocabulary-only files).
+pub fn memory_estimate(gguf: &GgufFile, kv_type: KvType) -> Option<MemoryEstimate> {
+    if gguf.tensors.is_empty() {
+        return None;
+    }
+    let config = LlamaConfig::from_gguf(gguf).ok()?;
+    let weights_bytes = gguf.tensors.iter().map(|t| t.size).sum::<u64>();
+    let kv_positions = DEFAULT_CONTEXT.min(config.context_length);
+    let kv_cache_bytes = cache_bytes(&config, kv_positions, kv_type);
+    Some(MemoryEstimate {
+        weights_bytes,
+        kv_cache_bytes,
+        kv_positions,
+        kv_type: kv_type.name(),
+        total_bytes: weights_bytes + kv_cache_bytes,
+    })
 }
 
 pub fn summarize(gguf: &GgufFile) -> Result<ModelSummary, GgufError> {

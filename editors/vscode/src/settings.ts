@@ -7,6 +7,7 @@ import * as vscode from 'vscode';
 export const SERVER_KEYS = [
   'model',
   'device',
+  'kvType',
   'backend',
   'tokenizer',
   'maxTokens',

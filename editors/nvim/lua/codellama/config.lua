@@ -20,7 +20,7 @@ M.defaults = {
   -- The workspace root is the nearest folder holding one of these; without one the
   -- server still runs on the single file.
   root_markers = { ".git", ".hg", ".jj", ".svn" },
-  -- The server's own settings (model, device, maxTokens, contextTokens, temperature,
+  -- The server's own settings (model, device, kvType, maxTokens, contextTokens, temperature,
   -- fimOrder, prefixShare, deadlineMs, workspaceContext, backend, tokenizer). Only keys set here are sent,
   -- so the server's defaults apply to the rest.
   settings = {},
