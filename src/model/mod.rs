@@ -17,6 +17,7 @@ pub mod tokenizer;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use kv_cache::KvCache;
+pub(crate) use llama::candle_dtype;
 pub use llama::{DEFAULT_CONTEXT, Llama};
 pub use loaded::{LoadedModel, Vocabulary, tokenizer_for};
 
