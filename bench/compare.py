@@ -368,6 +368,34 @@ def main():
             previous = json.load(f).get("rows", [])
 
     rows = []
+
+    def save():
+        """Writes what is measured so far: an interrupted run keeps its finished rows."""
+        done = {(r["shape"], r["quant"]) for r in rows}
+        order = {key: i for i, key in enumerate((s, q) for s in ["1b", "7b"] for q in QUANTS)}
+        merged = [r for r in previous if (r["shape"], r["quant"]) not in done] + rows
+        merged.sort(key=lambda r: order.get((r["shape"], r["quant"]), len(order)))
+        bandwidths = [r["ours"].get("read_bandwidth_gb_s") for r in merged]
+        bandwidths = [b for b in bandwidths if b]
+        results = {
+            "machine": description,
+            "threads": args.threads,
+            "repeat": args.repeat,
+            "aggregate": args.aggregate,
+            "bandwidth_gb_s": statistics.median(bandwidths) if bandwidths else None,
+            "rows": merged,
+        }
+        with open(results_path, "w") as f:
+            json.dump(results, f, indent=1)
+        table = markdown(results)
+        with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+            f.write(table)
+        if args.write_benchmarks:
+            write_benchmarks(args.write_benchmarks, table)
+        return table
+
+    description = machine(ours, server)
+    table = ""
     for shape in shapes:
         for quant in quants:
             model = os.path.join(args.models_dir, f"random-{shape}-{quant}.gguf")
@@ -383,10 +411,12 @@ def main():
                     log(f"{shape} {quant}: {engine} (run {i + 1}/{args.repeat})")
                     if engine == "ours":
                         ours_runs.append(run_ours(ours, model, args))
-                        log(f"  ours {json.dumps({k: ours_runs[-1].get(k) for k in ('prefill_tok_s', 'decode_tok_s', 'decode_bound_tok_s')})}")
+                        shown = ("prefill_tok_s", "decode_tok_s", "decode_bound_tok_s")
+                        log(f"  ours {json.dumps({k: ours_runs[-1].get(k) for k in shown})}")
                     else:
                         llama_runs.append(run_llama(server, model, ids, args))
-                        log(f"  llama.cpp {json.dumps({k: llama_runs[-1][k] for k in ('prefill_tok_s', 'decode_tok_s')})}")
+                        shown = ("prefill_tok_s", "decode_tok_s")
+                        log(f"  llama.cpp {json.dumps({k: llama_runs[-1][k] for k in shown})}")
             rows.append({
                 "shape": shape,
                 "quant": quant,
@@ -404,29 +434,7 @@ def main():
             })
             if args.delete_models:
                 os.remove(model)
-
-    # Rows measured now replace the same shape and type from an earlier run.
-    done = {(r["shape"], r["quant"]) for r in rows}
-    order = {(s, q): i for i, (s, q) in enumerate((s, q) for s in ["1b", "7b"] for q in QUANTS)}
-    merged = [r for r in previous if (r["shape"], r["quant"]) not in done] + rows
-    merged.sort(key=lambda r: order.get((r["shape"], r["quant"]), len(order)))
-    bandwidths = [r["ours"].get("read_bandwidth_gb_s") for r in merged]
-    bandwidths = [b for b in bandwidths if b]
-    results = {
-        "machine": machine(ours, server),
-        "threads": args.threads,
-        "repeat": args.repeat,
-        "aggregate": args.aggregate,
-        "bandwidth_gb_s": statistics.median(bandwidths) if bandwidths else None,
-        "rows": merged,
-    }
-    with open(results_path, "w") as f:
-        json.dump(results, f, indent=1)
-    table = markdown(results)
-    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-        f.write(table)
-    if args.write_benchmarks:
-        write_benchmarks(args.write_benchmarks, table)
+            table = save()
     print(table)
 
 

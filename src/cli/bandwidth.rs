@@ -40,12 +40,20 @@ pub fn decode_bound(bytes_per_second: f64, bytes_per_token: u64) -> f64 {
     bytes_per_second / bytes_per_token as f64
 }
 
-/// The best read bandwidth (bytes/s) over `runs` reads of a `bytes`-long buffer by `threads`
-/// threads, each summing its own contiguous share.
-pub fn measure_read(bytes: usize, threads: usize, runs: usize) -> f64 {
+/// The best read bandwidth (bytes/s) over `runs` reads of a buffer of `mib` MiB by `threads`
+/// threads, each summing its own contiguous share; an error when the buffer cannot be allocated.
+pub fn measure_read(mib: usize, threads: usize, runs: usize) -> Result<f64, String> {
     let threads = threads.max(1);
+    let words = mib
+        .checked_mul(1 << 17)
+        .ok_or_else(|| format!("a {mib} MiB buffer is too large"))?
+        .max(threads * LANES);
+    let mut buffer: Vec<u64> = Vec::new();
+    buffer
+        .try_reserve_exact(words)
+        .map_err(|e| format!("cannot allocate a {mib} MiB buffer: {e}"))?;
     // Non-zero, so that every page is really allocated and written before the first run.
-    let buffer = vec![0x0101_0101_0101_0101u64; (bytes / 8).max(threads * LANES)];
+    buffer.resize(words, 0x0101_0101_0101_0101);
     let share = buffer.len().div_ceil(threads);
     let mut best = 0.0f64;
     for _ in 0..runs.max(1) {
@@ -66,7 +74,7 @@ pub fn measure_read(bytes: usize, threads: usize, runs: usize) -> f64 {
             best = best.max((buffer.len() * 8) as f64 / seconds);
         }
     }
-    best
+    Ok(best)
 }
 
 const LANES: usize = 16;
@@ -130,7 +138,8 @@ mod tests {
         let data: Vec<u64> = (1..=100).collect();
         assert_eq!(sum(&data), 5050);
         assert_eq!(sum(&data[..7]), 28);
-        let bandwidth = measure_read(4 << 20, 2, 2);
+        let bandwidth = measure_read(4, 2, 2).unwrap();
         assert!(bandwidth.is_finite() && bandwidth > 0.0, "{bandwidth}");
+        assert!(measure_read(usize::MAX, 2, 1).is_err());
     }
 }

@@ -416,9 +416,13 @@ fn speed(args: &BenchArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let weight_bytes =
         super::bandwidth::weight_bytes_per_token(&GgufFile::read(&model.path)?.tensors);
-    let bandwidth = (args.bandwidth_mib > 0).then(|| {
-        super::bandwidth::measure_read(args.bandwidth_mib << 20, threads, super::bandwidth::RUNS)
-    });
+    let bandwidth = match args.bandwidth_mib {
+        0 => None,
+        mib => Some(
+            super::bandwidth::measure_read(mib, threads, super::bandwidth::RUNS)
+                .map_err(anyhow::Error::msg)?,
+        ),
+    };
     let decode_tok_s = decode as f64 / decode_s;
     let bound = bandwidth.map(|b| super::bandwidth::decode_bound(b, weight_bytes));
 
