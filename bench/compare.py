@@ -289,8 +289,8 @@ def markdown(results):
         "| model | GiB | prefill tok/s ours / llama.cpp (ratio) | decode tok/s ours / llama.cpp (ratio) "
         "| decode bound tok/s: ours / llama.cpp % of it | keystroke ms with reuse: ours / llama.cpp "
         "| keystroke ms without reuse: ours / llama.cpp | load ms: ours / llama.cpp ready "
-        "| peak RSS MiB: ours / llama.cpp | goal (both ratios) |",
-        "|---|---:|---|---|---|---|---|---|---|---|",
+        "| peak RSS MiB: ours / llama.cpp | goal (both ratios) | load average before: ours / llama.cpp |",
+        "|---|---:|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results["rows"]:
         o, l = row["ours"], row["llama_cpp"]
@@ -313,7 +313,8 @@ def markdown(results):
             f"| {fmt(o['keystroke_without_reuse_ms'], 0)} / {fmt(l['keystroke_without_reuse_ms'], 0)} "
             f"| {fmt(o.get('load_ms'), 0)} / {fmt(l['ready_ms'], 0)} "
             f"| {fmt(o['peak_rss_mib'], 0)} / {fmt(l['peak_rss_mib'], 0)} "
-            f"| ≥{goal}×: {met} |")
+            f"| ≥{goal}×: {met} "
+            f"| {fmt(o.get('loadavg_before'))} / {fmt(l.get('loadavg_before'))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -409,12 +410,15 @@ def main():
                 order = ["ours", "llama"] if i % 2 == 0 else ["llama", "ours"]
                 for engine in order:
                     log(f"{shape} {quant}: {engine} (run {i + 1}/{args.repeat})")
+                    load = os.getloadavg()[0]
                     if engine == "ours":
                         ours_runs.append(run_ours(ours, model, args))
+                        ours_runs[-1]["loadavg_before"] = load
                         shown = ("prefill_tok_s", "decode_tok_s", "decode_bound_tok_s")
                         log(f"  ours {json.dumps({k: ours_runs[-1].get(k) for k in shown})}")
                     else:
                         llama_runs.append(run_llama(server, model, ids, args))
+                        llama_runs[-1]["loadavg_before"] = load
                         shown = ("prefill_tok_s", "decode_tok_s")
                         log(f"  llama.cpp {json.dumps({k: llama_runs[-1][k] for k in shown})}")
             rows.append({
