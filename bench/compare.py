@@ -228,8 +228,9 @@ def machine(ours, server):
     commit = "unknown"
     try:
         commit = run(["git", "rev-parse", "--short", "HEAD"], stdout=subprocess.PIPE).stdout.strip()
-        if run(["git", "status", "--porcelain", "--untracked-files=no"],
-               stdout=subprocess.PIPE).stdout.strip():
+        # Only what the binary is built from (this script rewrites BENCHMARKS.md as it goes).
+        if run(["git", "status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml",
+                "Cargo.lock"], stdout=subprocess.PIPE).stdout.strip():
             commit += " (with uncommitted changes)"
     except (OSError, subprocess.CalledProcessError):
         pass
