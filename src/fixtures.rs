@@ -7,7 +7,7 @@
 //! variants together stay near 6 MB (the 32016-row embedding dominates). Weights come from a seeded generator: regenerating gives
 //! identical bytes, which a test checks.
 
-use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 
 use crate::model::gguf::{Array, GgmlType, GgufError, GgufWriter, Value};
@@ -212,19 +212,11 @@ fn encode(
 ) -> Result<Vec<u8>, String> {
     let tensor =
         Tensor::from_vec(values, (rows, row_len), &Device::Cpu).map_err(|e| e.to_string())?;
-    let dtype = match ggml_type {
-        GgmlType::F32 => GgmlDType::F32,
-        GgmlType::F16 => GgmlDType::F16,
-        GgmlType::Q8_0 => GgmlDType::Q8_0,
-        GgmlType::Q4_0 => GgmlDType::Q4_0,
-        GgmlType::Q4_K => GgmlDType::Q4K,
-        GgmlType::Q6_K => GgmlDType::Q6K,
-        other => {
-            return Err(format!(
-                "the fixture generator does not write {}",
-                other.name()
-            ));
-        }
+    let Some(dtype) = crate::model::candle_dtype(ggml_type) else {
+        return Err(format!(
+            "the fixture generator does not write {}",
+            ggml_type.name()
+        ));
     };
     let quantized = QTensor::quantize(&tensor, dtype).map_err(|e| e.to_string())?;
     Ok(quantized.data().map_err(|e| e.to_string())?.into_owned())

@@ -173,15 +173,27 @@ fn models_info_estimates_memory_with_the_kv_cache_of_the_chosen_type() {
 fn bench_reports_every_number() {
     let model = fixture("codellama-lsp-tiny-q4_k.gguf");
     let report = stdout_json(&run(
-        &["bench", "--model", model.to_str().unwrap(), "--json"],
+        &[
+            "bench",
+            "--model",
+            model.to_str().unwrap(),
+            "--json",
+            "--bandwidth-mib",
+            "64",
+        ],
         b"",
     ));
     for field in [
+        "load_ms",
         "prefill_tok_s",
         "decode_tok_s",
         "keystroke_with_reuse_ms",
         "keystroke_without_reuse_ms",
         "peak_rss_mib",
+        "read_bandwidth_gb_s",
+        "weight_bytes_per_token",
+        "decode_bound_tok_s",
+        "decode_share_of_bound",
     ] {
         assert!(
             report[field].as_f64().is_some_and(|v| v > 0.0),

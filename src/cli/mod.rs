@@ -14,6 +14,7 @@ use crate::lsp::{ClientLogLayer, ClientLogReceiver};
 
 mod assist_commands;
 mod backend;
+mod bandwidth;
 mod complete;
 mod eval;
 mod lsp_bench;

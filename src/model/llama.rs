@@ -255,7 +255,8 @@ impl TensorSource<'_> {
     }
 }
 
-fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
+/// candle's type for a GGUF storage type this engine reads (`None`: not supported).
+pub(crate) fn candle_dtype(ggml_type: GgmlType) -> Option<GgmlDType> {
     Some(match ggml_type {
         GgmlType::F32 => GgmlDType::F32,
         GgmlType::F16 => GgmlDType::F16,

@@ -20,6 +20,7 @@ pub mod tokenizer;
 pub use config::LlamaConfig;
 pub use device::DeviceSpec;
 pub use kv_cache::{KvCache, KvType, cache_bytes};
+pub(crate) use llama::candle_dtype;
 pub use llama::{DEFAULT_CONTEXT, Llama};
 pub use loaded::{LoadedModel, Vocabulary, tokenizer_for};
 pub use projection::with_candle_kernels;
