@@ -249,7 +249,6 @@ mod x86 {
         let bit4 = _mm512_set1_epi8(0x10);
         let mut acc = [_mm512_setzero_ps(); M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             let hb = if QH == 0 {
                 _mm512_setzero_si512()
@@ -314,7 +313,6 @@ mod x86 {
         // Rows 0..8 and 8..16 of the tile, one register each.
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             for half in 0..2 {
                 let hb = if QH == 0 {

@@ -375,33 +375,6 @@ pub fn physical_cores() -> usize {
     }
 }
 
-/// Asks for the bytes [`PREFETCH_DISTANCE`] past `block` (a tile block in a stream of them), so
-/// that decoding, which reads every weight once, keeps enough DRAM requests in flight: the
-/// hardware prefetchers alone left a 2-core decode at about 60 % of the read bandwidth.
-#[inline(always)]
-fn prefetch_ahead<T>(block: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let base = (block as *const T).cast::<i8>();
-        let size = std::mem::size_of::<T>();
-        let mut at = PREFETCH_DISTANCE;
-        while at < PREFETCH_DISTANCE + size {
-            // SAFETY: prefetching is a hint; it never faults, whatever the address.
-            unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                    base.wrapping_add(at),
-                )
-            };
-            at += 64;
-        }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = block;
-}
-
-/// How far ahead of the block being multiplied [`prefetch_ahead`] reads.
-const PREFETCH_DISTANCE: usize = 4096;
-
 /// An f16 stored as its bits, read as f32.
 #[inline(always)]
 fn f16_bits(bytes: &[u8], at: usize) -> u16 {

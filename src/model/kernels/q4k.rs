@@ -194,7 +194,6 @@ mod x86 {
         let nibble = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             let mut scaled = [_mm512_setzero_si512(); M];
             let mut mins = [_mm512_setzero_si512(); M];
@@ -255,7 +254,6 @@ mod x86 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             for half in 0..2 {
                 let mut scaled = [_mm256_setzero_si256(); M];

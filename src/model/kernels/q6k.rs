@@ -168,7 +168,6 @@ mod x86 {
         let bits67 = _mm512_set1_epi8(-64); // 0xC0
         let mut acc = [_mm512_setzero_ps(); M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             let mut scaled = [_mm512_setzero_si512(); M];
             // Sub-block s is groups 2s and 2s + 1, whose top bits share one load.
@@ -236,7 +235,6 @@ mod x86 {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             for half_rows in 0..2 {
                 let qs = unsafe { block.qs.as_ptr().add(half_rows * 32) };
                 let mut scaled = [_mm256_setzero_si256(); M];

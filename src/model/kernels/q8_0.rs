@@ -123,9 +123,7 @@ mod x86 {
     ) {
         let mut acc = [_mm512_setzero_ps(); M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
-            super::super::prefetch_ahead(block);
             // Two chains of dot products, so that decoding (M = 1) is not latency-bound.
             let mut even = [_mm512_setzero_si512(); M];
             let mut odd = [_mm512_setzero_si512(); M];
@@ -167,7 +165,6 @@ mod x86 {
         // Rows 0..8 and 8..16 of the tile, one register each.
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
-            super::super::prefetch_ahead(block);
             let qs = block.qs.as_ptr();
             let mut dots = [[_mm256_setzero_si256(); 2]; M];
             for g in 0..BLOCK / 4 {
