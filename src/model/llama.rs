@@ -106,9 +106,31 @@ struct TensorSource<'a> {
     gguf: &'a GgufFile,
     bytes: &'a [u8],
     device: &'a Device,
+    /// The map `bytes` lies in, when it is one: each tensor's pages are dropped from memory once
+    /// copied, so that loading peaks at the model's size rather than twice it.
+    map: Option<&'a memmap2::Mmap>,
 }
 
 impl TensorSource<'_> {
+    /// Drops the pages of `data` (a tensor already copied) from this process's memory.
+    fn release(&self, data: &[u8]) {
+        let Some(map) = self.map else {
+            return;
+        };
+        let offset = (data.as_ptr() as usize).wrapping_sub(map.as_ptr() as usize);
+        if offset
+            .checked_add(data.len())
+            .is_some_and(|end| end <= map.len())
+        {
+            // SAFETY: the map is read-only and never written, so pages dropped with DONTNEED
+            // read back from the file unchanged if a neighbouring tensor touches them again. A
+            // failure only leaves the pages resident.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, data.len())
+            };
+        }
+    }
+
     fn qtensor(&self, name: &str) -> Result<QTensor, ModelError> {
         let file = self.gguf.file_name();
         let info = self.gguf.tensor(name).ok_or_else(|| ModelError::Invalid {
@@ -143,9 +165,11 @@ impl TensorSource<'_> {
         }
         // GGUF lists the fastest-varying dimension first; candle wants it last.
         let dims = info.dims.iter().rev().map(|&d| d as usize).collect();
-        qtensor_from_ggml(dtype, data, dims, self.device).map_err(|source| {
+        let tensor = qtensor_from_ggml(dtype, data, dims, self.device).map_err(|source| {
             ModelError::candle(format!("{file}: loading tensor '{name}'"), source)
-        })
+        });
+        self.release(data);
+        tensor
     }
 
     /// A weight matrix mapping `inputs` values to `outputs`; its shape is checked against the
@@ -178,7 +202,9 @@ impl TensorSource<'_> {
             return None;
         }
         let data = self.gguf.tensor_data(self.bytes, info)?;
-        Projection::kernel(self.device, info.ggml_type, data, outputs, inputs)
+        let projection = Projection::kernel(self.device, info.ggml_type, data, outputs, inputs);
+        self.release(data);
+        projection
     }
 
     /// candle's dot products for Q4_1, Q5_0 and Q5_1 take a row's blocks in pairs (as ggml's
@@ -297,7 +323,7 @@ impl Llama {
             file: path.display().to_string(),
             source,
         })?;
-        let model = Self::from_gguf(&gguf, &map, config, device, max_positions)?;
+        let model = Self::build(&gguf, &map, Some(&map), config, device, max_positions)?;
         Ok((model, gguf))
     }
 
@@ -309,10 +335,22 @@ impl Llama {
         device: &Device,
         max_positions: Option<usize>,
     ) -> Result<Self, ModelError> {
+        Self::build(gguf, bytes, None, config, device, max_positions)
+    }
+
+    fn build(
+        gguf: &GgufFile,
+        bytes: &[u8],
+        map: Option<&memmap2::Mmap>,
+        config: LlamaConfig,
+        device: &Device,
+        max_positions: Option<usize>,
+    ) -> Result<Self, ModelError> {
         let source = TensorSource {
             gguf,
             bytes,
             device,
+            map,
         };
         let n_embd = config.embedding_length;
         let embeddings = Arc::new(source.qtensor("token_embd.weight")?);
