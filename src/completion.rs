@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ropey::Rope;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::actions::Language;
 use crate::context::ChunkRing;
 use crate::document::Document;
-use crate::engine::{JobKind, JobRequest, StopCause};
+use crate::engine::{JobEvent, JobHandle, JobKind, JobRequest, JobResult, StopCause};
 use crate::model::generate::{FinishReason, GenerationRequest};
 use crate::model::sampling::SamplingParams;
 use crate::model::tokenizer::Tokenizer;
@@ -55,6 +56,19 @@ pub struct CompletionRequest {
     /// document changed since is answered empty (its position is in text the editor no longer
     /// shows).
     pub sent_version: Option<i32>,
+    /// The client asks again on [`Grown`]: while typing, the first words of a suggestion may be
+    /// answered at once and the rest computed in the background.
+    pub refreshes: bool,
+}
+
+/// A suggestion that was answered with its first words has been computed whole: a client that
+/// asks again at `cursor` of `uri` (if the document is still at `version`) gets all of it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grown {
+    pub uri: String,
+    pub version: i32,
+    /// Char index of the cursor.
+    pub cursor: usize,
 }
 
 /// A completion prompt, and the files its workspace context came from.
@@ -108,6 +122,74 @@ pub struct Completer {
     /// How long one decode step took in the last completion that made several: how late an
     /// answer may be after its deadline.
     decode_step: Mutex<Option<Duration>>,
+    /// Who hears of suggestions that grew whole after their first words were shown.
+    grown: Mutex<Option<UnboundedSender<Grown>>>,
+}
+
+/// A completion answered with its first words, whose rest is still being generated.
+struct Growing {
+    request: CompletionRequest,
+    cursor: usize,
+    line: usize,
+    line_before: String,
+    suffix: String,
+    prompt: Vec<u32>,
+    /// What was answered, and how many streamed pieces of text it took.
+    shown: String,
+    shown_pieces: usize,
+}
+
+/// How a completion's wait for the engine ended.
+enum Waited {
+    Finished(Result<JobResult, String>),
+    /// The first words, answered before the rest (`pieces` streamed pieces of text).
+    Early {
+        text: String,
+        pieces: usize,
+    },
+    /// Not done in time: given up.
+    GaveUp,
+}
+
+/// Waits for `job` until `give_up`. From `early` on (if set), answers with the text streamed so
+/// far as soon as `shown` makes a suggestion of it.
+async fn wait_for_answer(
+    job: &mut JobHandle,
+    early: Option<Instant>,
+    give_up: Instant,
+    shown: impl Fn(&str) -> Option<String>,
+) -> Waited {
+    let mut raw = String::new();
+    let mut pieces = 0;
+    loop {
+        let early_due = early.is_some_and(|at| Instant::now() >= at);
+        if early_due
+            && !raw.is_empty()
+            && let Some(text) = shown(&raw)
+        {
+            return Waited::Early { text, pieces };
+        }
+        let wake = match early {
+            Some(at) if !early_due => at.min(give_up),
+            _ => give_up,
+        };
+        tokio::select! {
+            biased;
+            event = job.events.recv() => match event {
+                Some(JobEvent::Text(piece)) => {
+                    raw.push_str(&piece);
+                    pieces += 1;
+                }
+                Some(JobEvent::Finished(result)) => return Waited::Finished(result),
+                None => return Waited::Finished(Err("the engine stopped".into())),
+            },
+            () = tokio::time::sleep_until(wake.into()) => {
+                if Instant::now() >= give_up {
+                    return Waited::GaveUp;
+                }
+            }
+        }
+    }
 }
 
 /// A prompt and its post-processed answer.
@@ -156,6 +238,10 @@ pub struct Counts {
     pub stale: usize,
     /// Given up on: the engine had not started them by their deadline (other work ran).
     pub late: usize,
+    /// Answered with a suggestion's first words while the rest was still being generated.
+    pub first_words: usize,
+    /// Of those, suggestions generated whole afterwards (and announced to the client).
+    pub grown: usize,
     /// Dropped by the client before they were answered.
     pub cancelled: usize,
 }
@@ -296,6 +382,7 @@ impl Completer {
             lock(&self.stats).completions.stale += 1;
             return Ok((Outcome::Nothing, None));
         }
+        let asked = Instant::now();
         let rope = request.document.rope();
         let cursor = request.cursor.min(rope.len_chars());
         if request.automatic
@@ -312,7 +399,7 @@ impl Completer {
             return Ok((Outcome::Suggestion(rest), Some(Source::TypedAhead)));
         }
 
-        let deadline = Instant::now() + Duration::from_millis(settings.deadline_ms);
+        let deadline = asked + Duration::from_millis(settings.deadline_ms);
         let Some(model) = host.ready(deadline).await else {
             return Ok((Outcome::Nothing, None));
         };
@@ -330,20 +417,50 @@ impl Completer {
                 Some(Source::Cache),
             ));
         }
-        let job = model.engine.submit(completion_job(
+        let mut job = model.engine.submit(completion_job(
             &request.uri,
             built.ids.clone(),
             settings,
             JobKind::Completion,
             Some(deadline),
         ));
+        // While typing, a slow model's first words are shown before the next keystroke would
+        // cancel them (answered before the decode step that would end past the budget).
+        let first_answer = (request.automatic && request.refreshes && settings.first_answer_ms > 0)
+            .then(|| {
+                let budget = Duration::from_millis(settings.first_answer_ms);
+                asked + budget.saturating_sub(lock(&self.decode_step).unwrap_or_default())
+            });
+        let shown = |raw: &str| finish_text(rope, cursor, &built.window.suffix, raw);
         // The engine returns what is ready at the deadline (at most one decode step late); a job
         // still queued behind other work then is given up (dropping it cancels it).
-        let Ok(finished) =
-            tokio::time::timeout_at((deadline + self.give_up_after()).into(), job.finish()).await
-        else {
-            lock(&self.stats).completions.late += 1;
-            return Ok((Outcome::Nothing, Some(Source::Model)));
+        let give_up = deadline + self.give_up_after();
+        let finished = match wait_for_answer(&mut job, first_answer, give_up, shown).await {
+            Waited::Finished(finished) => finished,
+            Waited::GaveUp => {
+                lock(&self.stats).completions.late += 1;
+                return Ok((Outcome::Nothing, Some(Source::Model)));
+            }
+            Waited::Early { text, pieces } => {
+                lock(&self.stats).completions.first_words += 1;
+                job.yield_to_others();
+                let uri = request.uri.clone();
+                let growing = Growing {
+                    request,
+                    cursor,
+                    line,
+                    line_before: line_before.clone(),
+                    suffix: built.window.suffix.clone(),
+                    prompt: built.ids,
+                    shown: text.clone(),
+                    shown_pieces: pieces,
+                };
+                self.grow_in_background(job, growing, settings, &model, &template);
+                return Ok((
+                    self.finish(&uri, line, line_before, Some(text)),
+                    Some(Source::Model),
+                ));
+            }
         };
         let result = match finished {
             Ok(result) => result,
@@ -354,21 +471,8 @@ impl Completer {
             }
             Err(problem) => return Err(problem),
         };
+        self.account(&result, 0);
         let generation = &result.generation;
-        if generation.ids.len() >= 2 {
-            let steps = (generation.ids.len() - 1) as f64;
-            let step = Duration::from_secs_f64(generation.decode_ms / 1000.0 / steps);
-            *lock(&self.decode_step) = Some(step);
-        }
-        {
-            let mut stats = lock(&self.stats);
-            stats.prompt_tokens += generation.prompt_tokens;
-            stats.reused_tokens += generation.reused_tokens;
-            stats.generated_tokens += generation.ids.len();
-            if result.stopped_by.is_some() {
-                stats.wasted_tokens += generation.ids.len();
-            }
-        }
         if result.stopped_by == Some(StopCause::Superseded) {
             return Ok((Outcome::Superseded, Some(Source::Model)));
         }
@@ -414,6 +518,7 @@ impl Completer {
             automatic: true,
             others: request.others.clone(),
             sent_version: None,
+            refreshes: false,
         };
         let (completer, settings, model, template) = (
             self.clone(),
@@ -500,6 +605,92 @@ impl Completer {
                 lock(&completer.stats).warmups_finished += 1;
             }
         });
+    }
+
+    /// Lets a completion answered with its first words run on in the background (giving way to
+    /// any other completion). Once whole, its answer is remembered, so that typing along the
+    /// shown words or asking again gets all of it, and [`Grown`] tells the client.
+    fn grow_in_background(
+        self: &Arc<Self>,
+        job: JobHandle,
+        growing: Growing,
+        settings: &Settings,
+        model: &Arc<ReadyModel>,
+        template: &FimTemplate,
+    ) {
+        let (completer, settings, model, template) = (
+            self.clone(),
+            settings.clone(),
+            model.clone(),
+            template.clone(),
+        );
+        tokio::spawn(async move {
+            let Ok(result) = job.finish().await else {
+                return;
+            };
+            completer.account(&result, growing.shown_pieces);
+            if result.generation.finish == FinishReason::Stopped {
+                return; // the user typed on, or other work came first
+            }
+            let Growing {
+                request,
+                cursor,
+                line,
+                line_before,
+                suffix,
+                prompt,
+                shown,
+                ..
+            } = growing;
+            let rope = request.document.rope();
+            let text = finish_text(rope, cursor, &suffix, &result.generation.text);
+            completer.remember(prompt, text.clone(), None);
+            let Some(text) = text.filter(|text| *text != shown) else {
+                return;
+            };
+            if let Some(last) = lock(&completer.last).get_mut(&request.uri)
+                && (last.line, last.line_before.as_str(), last.text.as_str())
+                    == (line, line_before.as_str(), shown.as_str())
+            {
+                last.text = text.clone();
+            }
+            if !model.engine.is_remote() {
+                completer.speculate(&request, cursor, &text, &settings, &model, &template);
+            }
+            lock(&completer.stats).completions.grown += 1;
+            if let Some(listener) = lock(&completer.grown).as_ref() {
+                let _ = listener.send(Grown {
+                    uri: request.uri.clone(),
+                    version: request.document.version(),
+                    cursor,
+                });
+            }
+        });
+    }
+
+    /// Where [`Grown`] notices go from now on (one listener: the LSP layer).
+    pub fn listen_for_grown(&self) -> UnboundedReceiver<Grown> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        *lock(&self.grown) = Some(sender);
+        receiver
+    }
+
+    /// Counts a finished completion job's tokens (`shown_pieces` of its text were shown before
+    /// it finished), and learns the decode step from it.
+    fn account(&self, result: &JobResult, shown_pieces: usize) {
+        let generation = &result.generation;
+        if generation.ids.len() >= 2 {
+            let steps = (generation.ids.len() - 1) as f64;
+            let step = Duration::from_secs_f64(generation.decode_ms / 1000.0 / steps);
+            *lock(&self.decode_step) = Some(step);
+        }
+        let mut stats = lock(&self.stats);
+        stats.prompt_tokens += generation.prompt_tokens;
+        stats.reused_tokens += generation.reused_tokens;
+        stats.generated_tokens += generation.ids.len();
+        if generation.finish == FinishReason::Stopped {
+            stats.wasted_tokens += generation.ids.len().saturating_sub(shown_pieces);
+        }
     }
 
     /// How long after its deadline a completion gives up waiting for the engine.
@@ -744,6 +935,7 @@ mod tests {
             automatic: false,
             others: vec![open("file:///other.py")],
             sent_version: None,
+            refreshes: false,
         };
         let host = ModelHost::new(); // no model: the request ends after its bookkeeping
         let settings = Settings {

@@ -84,6 +84,10 @@ pub struct ClientSupport {
     /// Shows `codellama/status` itself (`experimental.codellamaStatus`): "ready" needs no
     /// pop-up on every start.
     pub status_notifications: bool,
+    /// Asks for inline completions again on `codellama/suggestionReady`
+    /// (`experimental.codellamaSuggestionRefresh`): typing can then be answered with a
+    /// suggestion's first words, and the whole of it shown when ready.
+    pub suggestion_refresh: bool,
 }
 
 /// Set once, by a cancel from the client; waited on by the work it cancels.

@@ -29,6 +29,10 @@ pub struct Settings {
     pub prefix_share: f32,
     /// How long a completion may take before what is ready is returned.
     pub deadline_ms: u64,
+    /// While typing, show the first words of a suggestion this soon after the keystroke, however
+    /// few; the rest keeps coming and the editor is told when it is whole (clients that can ask
+    /// again: `experimental.codellamaSuggestionRefresh`). 0 waits for the whole suggestion.
+    pub first_answer_ms: u64,
     /// Put chunks of other files similar to the code at the cursor in completion prompts.
     pub workspace_context: bool,
     /// Where the model runs: here, or on an inference server.
@@ -51,6 +55,9 @@ impl Default for Settings {
             prefix_share: 0.75,
             // Generous for CPUs; a GPU finishes well before it.
             deadline_ms: 3000,
+            // Under the 80–200 ms between a fast typist's keystrokes, so a slow model's first
+            // words show before the next keystroke cancels them.
+            first_answer_ms: 100,
             workspace_context: true,
             backend: BackendChoice::Local,
             tokenizer: None,
@@ -71,6 +78,7 @@ pub struct SettingsLayer {
     pub fim_order: Option<FimOrder>,
     pub prefix_share: Option<f32>,
     pub deadline_ms: Option<u64>,
+    pub first_answer_ms: Option<u64>,
     pub workspace_context: Option<bool>,
     pub backend: Option<BackendLayer>,
     pub tokenizer: Option<String>,
@@ -127,6 +135,9 @@ impl Settings {
         if let Some(deadline) = layer.deadline_ms {
             next.deadline_ms = deadline;
         }
+        if let Some(first) = layer.first_answer_ms {
+            next.first_answer_ms = first;
+        }
         if let Some(backend) = &layer.backend {
             next.backend = backend.resolve()?;
         }
@@ -167,6 +178,12 @@ impl Settings {
             return Err(format!(
                 "deadlineMs must be between 1 and 600000 (got {})",
                 self.deadline_ms
+            ));
+        }
+        if self.first_answer_ms > 600_000 {
+            return Err(format!(
+                "firstAnswerMs must be between 0 and 600000 (got {})",
+                self.first_answer_ms
             ));
         }
         Ok(())

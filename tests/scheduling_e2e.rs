@@ -123,6 +123,63 @@ fn accepting_a_suggestion_finds_the_next_one_computed_ahead() {
     assert!(client.shutdown().success());
 }
 
+/// An automatic (typing) request at `line:character`.
+fn typed_at(client: &mut LspClient, uri: &str, line: u32, character: u32) -> Value {
+    let response = client.call(
+        "textDocument/inlineCompletion",
+        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
+               "context": {"triggerKind": 2}}),
+    );
+    response["result"].clone()
+}
+
+/// While typing, a client that asks again on `codellama/suggestionReady` is answered with a
+/// suggestion's first words at once (`firstAnswerMs`); the rest is generated in the background,
+/// the server says when it is whole, and asking again gets exactly what waiting would have
+/// given. A client without that capability always waits for the whole suggestion.
+#[test]
+fn typing_shows_the_first_words_at_once_and_the_whole_suggestion_when_ready() {
+    let text = module(6);
+    let line = 8; // the blank line after the first class
+    let options = json!({"maxTokens": 24, "deadlineMs": 20000, "firstAnswerMs": 1});
+    let mut client = LspClient::with_model(
+        &support::fixture_model(),
+        options.clone(),
+        json!({"experimental": {"codellamaSuggestionRefresh": true}}),
+    );
+    client.open(URI, "python", &text);
+    let first = typed_at(&mut client, URI, line, 0);
+    let Some(shown) = suggestion(&first) else {
+        panic!("the fixture model suggested nothing: {first}");
+    };
+    let ready = client.wait_for("codellama/suggestionReady");
+    assert_eq!(
+        ready["params"],
+        json!({"textDocument": {"uri": URI, "version": 1},
+               "position": {"line": line, "character": 0}})
+    );
+    let whole = suggestion(&typed_at(&mut client, URI, line, 0)).unwrap_or_default();
+    let after = stats(&mut client);
+    assert_eq!(after["completions"]["firstWords"], 1, "{after}");
+    assert_eq!(after["completions"]["grown"], 1, "{after}");
+    assert_eq!(after["completions"]["cache"], 1, "{after}");
+
+    // Without the capability, the same request waits for the whole suggestion.
+    let mut plain = LspClient::with_model(&support::fixture_model(), options, json!({}));
+    plain.open(URI, "python", &text);
+    let expected = suggestion(&typed_at(&mut plain, URI, line, 0)).unwrap_or_default();
+    assert_eq!(whole, expected);
+    assert!(
+        expected.starts_with(&shown) && expected.len() > shown.len(),
+        "first words {shown:?}, whole {expected:?}"
+    );
+    let plain_stats = stats(&mut plain);
+    assert_eq!(plain_stats["completions"]["firstWords"], 0, "{plain_stats}");
+    assert!(plain.notifications("codellama/suggestionReady").is_empty());
+    assert!(plain.shutdown().success());
+    assert!(client.shutdown().success());
+}
+
 /// `codellama/warmup` (sent by the clients on focus) prefills the prompt at the cursor, so the
 /// first request there evaluates only its last token.
 #[test]

@@ -144,9 +144,11 @@ fs.writeFileSync(path.join(work, 'user-data/User/settings.json'), JSON.stringify
   'workbench.enableExperiments': false,
   'codellama.serverPath': bin,
   'codellama.model': fixture,
-  // Match the oracle: no context from other files, no deadline cut, the same length.
+  // Match the oracle: no context from other files, no deadline cut, no first words shown
+  // ahead of the whole suggestion, the same length.
   'codellama.workspaceContext': false,
   'codellama.deadlineMs': 120000,
+  'codellama.firstAnswerMs': 0,
   'codellama.maxTokens': Number(maxTokens),
 }, null, 2));
 JS

@@ -207,6 +207,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
                     .collect()
             },
             sent_version: None,
+            refreshes: false,
         };
         // A fresh completer per hole: its context is this hole's neighbours only, whatever the
         // order or the other holes.

@@ -49,6 +49,9 @@ const DOCUMENT_NAME: &str = "bench/inventory.py";
 const URI: &str = "file:///bench/inventory.py";
 const ASSIST_URI: &str = "file:///bench/geometry.py";
 const OTHER_DOCUMENTS: usize = 20;
+/// The server's notice that a suggestion answered with its first words is whole: the session
+/// asks again, as the editor clients do.
+const SUGGESTION_READY: &str = "codellama/suggestionReady";
 /// What the session types, in order; repeated with numbered names when more keystrokes are asked.
 const SNIPPETS: [&str; 3] = [
     "def summarize_by_category(inventory: Inventory) -> dict[str, int]:\n    counts: dict[str, int] = defaultdict(int)\n    for item in inventory:\n        counts[item.category] += item.quantity\n    return dict(counts)\n",
@@ -117,6 +120,8 @@ pub struct Options {
     pub seed: u64,
     pub max_tokens: usize,
     pub deadline_ms: u64,
+    /// The `firstAnswerMs` setting; `None` leaves the server's default.
+    pub first_answer_ms: Option<u64>,
     pub warmup_ms: u64,
     /// `None`: measured by running the model in this process first.
     pub decode_step_ms: Option<f64>,
@@ -153,6 +158,7 @@ pub fn run(options: &Options, json_output: bool) -> Result<()> {
         "seed": options.seed,
         "max_tokens": options.max_tokens,
         "deadline_ms": options.deadline_ms,
+        "first_answer_ms": options.first_answer_ms,
         "warmup_ms": options.warmup_ms,
         "decode_step_ms": decode_step_ms,
         "decode_step_measured": measured,
@@ -313,6 +319,8 @@ struct Server {
     writer: Arc<Mutex<ChildStdin>>,
     incoming: Receiver<Arrival>,
     answers: HashMap<i64, Arrival>,
+    /// `codellama/suggestionReady` notices not handled yet.
+    ready: Vec<Value>,
     next_id: i64,
 }
 
@@ -354,6 +362,7 @@ impl Server {
             writer,
             incoming,
             answers: HashMap::new(),
+            ready: Vec::new(),
             next_id: 1,
         })
     }
@@ -386,6 +395,8 @@ impl Server {
             Ok((message, at)) => {
                 if let Some(id) = message.get("id").and_then(Value::as_i64) {
                     self.answers.insert(id, (message, at));
+                } else if message["method"] == SUGGESTION_READY {
+                    self.ready.push(message["params"].clone());
                 }
                 Ok(())
             }
@@ -426,17 +437,23 @@ impl Server {
             "general": {"positionEncodings": ["utf-16"]},
             "window": {"workDoneProgress": true},
             "workspace": {"applyEdit": true, "workspaceEdit": {"documentChanges": true}},
+            "experimental": {"codellamaSuggestionRefresh": true},
             "textDocument": {
                 "inlineCompletion": {},
                 "synchronization": {"didSave": true},
                 "codeAction": {"codeActionLiteralSupport": {"codeActionKind": {"valueSet": ["refactor.rewrite"]}}}
             }
         });
+        let mut settings =
+            json!({"maxTokens": options.max_tokens, "deadlineMs": options.deadline_ms});
+        if let Some(first) = options.first_answer_ms {
+            settings["firstAnswerMs"] = json!(first);
+        }
         let init = json!({
             "processId": std::process::id(),
             "rootUri": null,
             "capabilities": capabilities,
-            "initializationOptions": {"maxTokens": options.max_tokens, "deadlineMs": options.deadline_ms},
+            "initializationOptions": settings,
         });
         let response = self.call("initialize", init, Duration::from_secs(60))?;
         if response.get("result").is_none() {
@@ -526,8 +543,9 @@ fn write_frame(writer: &Mutex<ChildStdin>, message: &Value) -> Result<Instant> {
     Ok(Instant::now())
 }
 
-/// The reader thread: responses go to `sender` with their arrival time; the server's requests
-/// are answered at once (applied edits, created progress); notifications are dropped.
+/// The reader thread: responses and `codellama/suggestionReady` go to `sender` with their
+/// arrival time; the server's requests are answered at once (applied edits, created progress);
+/// other notifications are dropped.
 fn read_messages(stdout: impl Read, writer: &Mutex<ChildStdin>, sender: &mpsc::Sender<Arrival>) {
     let mut reader = BufReader::new(stdout);
     loop {
@@ -571,8 +589,8 @@ fn read_messages(stdout: impl Read, writer: &Mutex<ChildStdin>, sender: &mpsc::S
                     return;
                 }
             }
-            (Some(_), None) => {}
-            (None, _) => {
+            (Some(method), None) if method != SUGGESTION_READY => {}
+            _ => {
                 if sender.send((message, at)).is_err() {
                     return;
                 }
@@ -593,6 +611,41 @@ struct Sent {
     /// When the next keystroke's `didChange` was written (the suggestion was visible until then).
     superseded: Option<Instant>,
     cancelled: bool,
+}
+
+/// An inline-completion request asked again after `codellama/suggestionReady`.
+struct Refresh {
+    id: i64,
+    /// The keystroke (index into the session's requests) whose suggestion grew.
+    keystroke: usize,
+    cancelled: bool,
+}
+
+/// Asks again for every suggestion the server says is whole, if it is for the text and cursor
+/// the editor has now (as the clients do).
+fn ask_again(
+    server: &mut Server,
+    refreshes: &mut Vec<Refresh>,
+    version: i32,
+    cursor: (u32, u32),
+    keystrokes: usize,
+) -> Result<()> {
+    let here = json!({"line": cursor.0, "character": cursor.1});
+    for notice in std::mem::take(&mut server.ready) {
+        if keystrokes > 0
+            && notice["textDocument"]["uri"] == URI
+            && notice["textDocument"]["version"] == version
+            && notice["position"] == here
+        {
+            let (id, _) = inline_request(server, cursor, 1)?;
+            refreshes.push(Refresh {
+                id,
+                keystroke: keystrokes - 1,
+                cancelled: false,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Keeps a docstring command running in the assist document.
@@ -716,6 +769,7 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
     let stats_before = server.stats()?;
     let plan = typing_plan(options.keystrokes, options.seed);
     let mut sent: Vec<Sent> = Vec::with_capacity(plan.len());
+    let mut refreshes: Vec<Refresh> = Vec::new();
     let mut cancels = 0usize;
     let mut version = 1;
     let mut next_at = Instant::now();
@@ -727,6 +781,7 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
             if let Some(job) = assist.as_mut() {
                 job.service(&mut server, true)?;
             }
+            ask_again(&mut server, &mut refreshes, version, cursor, sent.len())?;
         }
         if let Some(previous) = sent.last_mut()
             && !server.answers.contains_key(&previous.id)
@@ -734,6 +789,13 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
             server.notify("$/cancelRequest", json!({"id": previous.id}))?;
             previous.cancelled = true;
             cancels += 1;
+        }
+        if let Some(refresh) = refreshes.last_mut()
+            && !refresh.cancelled
+            && !server.answers.contains_key(&refresh.id)
+        {
+            server.notify("$/cancelRequest", json!({"id": refresh.id}))?;
+            refresh.cancelled = true;
         }
         version += 1;
         let position = json!({"line": cursor.0, "character": cursor.1});
@@ -760,11 +822,18 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
     // Every request gets an answer, or is counted as unanswered.
     let until =
         Instant::now() + Duration::from_millis(options.deadline_ms) + Duration::from_secs(60);
-    while Instant::now() < until && sent.iter().any(|s| !server.answers.contains_key(&s.id)) {
+    let unanswered = |server: &Server, refreshes: &[Refresh]| {
+        sent.iter().any(|s| !server.answers.contains_key(&s.id))
+            || refreshes
+                .iter()
+                .any(|r| !server.answers.contains_key(&r.id))
+    };
+    while Instant::now() < until && unanswered(&server, &refreshes) {
         server.pump_once(until)?;
         if let Some(job) = assist.as_mut() {
             job.service(&mut server, false)?;
         }
+        ask_again(&mut server, &mut refreshes, version, cursor, sent.len())?;
     }
     let stats_after = server.stats()?;
     let rss_after = server.rss();
@@ -804,6 +873,18 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
         }
     }
     latencies.sort_by(f64::total_cmp);
+    // Whole suggestions shown after their first words: didChange → the answer asked again.
+    let mut whole = Vec::new();
+    for refresh in &refreshes {
+        let request = &sent[refresh.keystroke];
+        if let Some((answer, at)) = server.answers.get(&refresh.id)
+            && non_empty(answer)
+            && request.superseded.is_none_or(|next| *at <= next)
+        {
+            whole.push(at.duration_since(request.changed).as_secs_f64() * 1000.0);
+        }
+    }
+    whole.sort_by(f64::total_cmp);
     let delta = stats_delta(stats_before.as_ref(), stats_after.as_ref());
     let field = |name: &str| {
         delta
@@ -835,6 +916,12 @@ fn run_scenario(scenario: Scenario, options: &Options, decode_step_ms: f64) -> R
             "max": latencies[latencies.len() - 1],
         })},
         "reused_share": reused_share,
+        "grown": {
+            "asked_again": refreshes.len(),
+            "shown": whole.len(),
+            "p50_ms": (!whole.is_empty()).then(|| percentile(&whole, 0.50)),
+            "max_ms": whole.last(),
+        },
         "wasted_tokens": field("wastedTokens"),
         "speculative_hits": field("completions.speculativeHits"),
         "stats_delta": delta,
@@ -968,8 +1055,8 @@ fn markdown(report: &Value) -> String {
             ""
         },
     );
-    out.push_str("| scenario | p50 ms | p95 ms | max ms | non-empty | cancelled | late | unanswered | reused % | wasted tokens | speculative hits | RSS MiB before→after (peak) | first suggestion |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
+    out.push_str("| scenario | p50 ms | p95 ms | max ms | non-empty | whole after first words (p50 ms) | cancelled | late | unanswered | reused % | wasted tokens | speculative hits | RSS MiB before→after (peak) | first suggestion |\n");
+    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|\n");
     let ms = |value: &Value| {
         value
             .as_f64()
@@ -993,14 +1080,20 @@ fn markdown(report: &Value) -> String {
             None => "".to_owned(),
         };
         let rss = &s["rss"];
+        let grown = &s["grown"];
+        let whole = match grown["shown"].as_u64() {
+            Some(0) | None => count(&grown["shown"]),
+            Some(shown) => format!("{shown} ({})", ms(&grown["p50_ms"])),
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {}→{} ({}) | {} |\n",
+            "| {} | {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} | {} | {}→{} ({}) | {} |\n",
             s["scenario"].as_str().unwrap_or_default(),
             ms(&s["latency_ms"]["p50"]),
             ms(&s["latency_ms"]["p95"]),
             ms(&s["latency_ms"]["max"]),
             count(&s["non_empty"]),
             count(&s["results"]),
+            whole,
             count(&s["cancelled"]),
             count(&s["deadline_violations"]),
             count(&s["unanswered"]),
@@ -1025,6 +1118,8 @@ fn markdown(report: &Value) -> String {
     }
     out.push_str(
         "\nlatency: didChange → answer, over requests answered with a result; non-empty: of those; \
+         whole after first words: suggestions answered with their first words whose whole was \
+         shown when asked again on codellama/suggestionReady (didChange → that answer); \
          cancelled: $/cancelRequest sent; late: answers after deadlineMs + one decode step\n",
     );
     out

@@ -107,6 +107,9 @@ pub struct BenchArgs {
     /// The deadlineMs setting sent to the --lsp server.
     #[arg(long, default_value_t = 3000, value_name = "MS", requires = "lsp")]
     deadline_ms: u64,
+    /// The firstAnswerMs setting sent to the --lsp server (default: the server's).
+    #[arg(long, value_name = "MS", requires = "lsp")]
+    first_answer_ms: Option<u64>,
     /// How long the file is open (after the warm-up notification) before typing starts.
     #[arg(long, default_value_t = 5000, value_name = "MS", requires = "lsp")]
     warmup_ms: u64,
@@ -321,6 +324,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             seed: args.seed,
             max_tokens: args.max_tokens,
             deadline_ms: args.deadline_ms,
+            first_answer_ms: args.first_answer_ms,
             warmup_ms: args.warmup_ms,
             decode_step_ms: args.decode_step_ms,
             server_log: args.server_log.clone(),

@@ -18,7 +18,7 @@
 mod worker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
@@ -80,10 +80,18 @@ pub enum JobKind {
 /// The caller's end of a job. Dropping it cancels the job.
 pub struct JobHandle {
     control: Arc<AtomicU8>,
+    yields: Arc<AtomicBool>,
     pub events: async_mpsc::UnboundedReceiver<JobEvent>,
 }
 
 impl JobHandle {
+    /// From now on the job gives way to any other completion that waits: it stops (finishing as
+    /// [`FinishReason::Stopped`]) rather than make another request wait. For a completion whose
+    /// caller already answered with the first tokens and lets the rest run in the background.
+    pub fn yield_to_others(&self) {
+        self.yields.store(true, Ordering::SeqCst);
+    }
+
     pub fn cancel(&self) {
         let _ =
             self.control
@@ -122,10 +130,17 @@ pub(crate) struct Job {
     pub(crate) request: GenerationRequest,
     pub(crate) kind: JobKind,
     control: Arc<AtomicU8>,
+    /// Set by [`JobHandle::yield_to_others`].
+    yields: Arc<AtomicBool>,
     pub(crate) events: async_mpsc::UnboundedSender<JobEvent>,
 }
 
 impl Job {
+    /// Whether the job should stop when another completion waits.
+    pub(crate) fn yields(&self) -> bool {
+        self.yields.load(Ordering::SeqCst)
+    }
+
     /// Why the job should stop now, if it should (its handle was dropped or cancelled, or a newer
     /// job superseded it).
     pub(crate) fn stop_cause(&self) -> Option<StopCause> {
@@ -245,10 +260,12 @@ impl Engine {
             }
         }
         let (events, receiver) = async_mpsc::unbounded_channel();
+        let yields = Arc::new(AtomicBool::new(false));
         let job = Job {
             request: request.generation,
             kind: request.kind,
             control: control.clone(),
+            yields: yields.clone(),
             events,
         };
         let refused = match &self.jobs {
@@ -260,6 +277,7 @@ impl Engine {
         }
         JobHandle {
             control,
+            yields,
             events: receiver,
         }
     }

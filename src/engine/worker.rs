@@ -143,7 +143,7 @@ impl Worker {
             waiting,
         } = self;
         match job.kind {
-            JobKind::Completion => serve_completion(model, completion_slot, waiting, job),
+            JobKind::Completion => serve_completion(model, completion_slot, waiting, queue, job),
             JobKind::Prefetch => {
                 job.request.prefill_slice = Some(SLICE);
                 let result = run_job(model, completion_slot, &job, &mut || {
@@ -162,7 +162,7 @@ impl Worker {
                     // Paused here, between two steps of the assist job, while completions run.
                     let open = waiting.receive_ready(queue);
                     while let Some(completion) = waiting.completions.pop_front() {
-                        serve_completion(model, completion_slot, waiting, completion);
+                        serve_completion(model, completion_slot, waiting, queue, completion);
                         waiting.receive_ready(queue);
                     }
                     job.stop_cause().is_some() || !open
@@ -175,11 +175,25 @@ impl Worker {
 
 /// Runs a completion; if its deadline cut the prefill, the rest becomes the waiting prefetch, so
 /// the next keystroke (whose prompt usually starts the same) finds it cached.
-fn serve_completion(model: &LoadedModel, slot: &mut KvCache, waiting: &mut Waiting, job: Job) {
+/// A completion whose caller already answered (it [yields](Job::yields)) stops for any other
+/// completion.
+fn serve_completion(
+    model: &LoadedModel,
+    slot: &mut KvCache,
+    waiting: &mut Waiting,
+    queue: &mpsc::Receiver<Job>,
+    job: Job,
+) {
     if let Some(result) = job.stopped_before_start() {
         return job.finish(Ok(result));
     }
-    let result = run_job(model, slot, &job, &mut || job.stop_cause().is_some());
+    let result = run_job(model, slot, &job, &mut || {
+        job.stop_cause().is_some()
+            || (job.yields() && {
+                waiting.receive_ready(queue);
+                !waiting.completions.is_empty()
+            })
+    });
     let cut_prefill = matches!(&result, Ok(r) if r.generation.finish == FinishReason::Deadline
         && r.generation.ids.is_empty());
     job.finish(result);
@@ -199,6 +213,7 @@ fn rest_of_prefill(prompt: &[u32]) -> Job {
         },
         kind: JobKind::Prefetch,
         control: Arc::new(AtomicU8::new(RUNNING)),
+        yields: Arc::default(),
         events,
     }
 }

@@ -35,14 +35,17 @@ pub fn client_support(client: &ClientCapabilities) -> ClientSupport {
         .as_ref()
         .and_then(|text| text.code_action.as_ref())
         .is_some_and(|action| action.code_action_literal_support.is_some());
-    let status_notifications = client
-        .experimental
-        .as_ref()
-        .and_then(|experimental| experimental.get("codellamaStatus"))
-        .and_then(serde_json::Value::as_bool)
-        .unwrap_or(false);
+    let experimental = |name: &str| {
+        client
+            .experimental
+            .as_ref()
+            .and_then(|experimental| experimental.get(name))
+            .and_then(serde_json::Value::as_bool)
+            .unwrap_or(false)
+    };
     ClientSupport {
-        status_notifications,
+        status_notifications: experimental("codellamaStatus"),
+        suggestion_refresh: experimental("codellamaSuggestionRefresh"),
         work_done_progress,
         versioned_edits,
         code_action_literals,

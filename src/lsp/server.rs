@@ -14,7 +14,7 @@ use tower_lsp_server::ls_types::{
     DidChangeConfigurationParams, ExecuteCommandParams, InitializeParams, InitializeResult,
     InitializedParams, InlineCompletionItem, InlineCompletionParams, InlineCompletionResponse,
     InlineCompletionTriggerKind, LSPAny, MessageType, Position, ProgressToken, ServerInfo,
-    TextDocumentIdentifier, TextEdit, Uri,
+    TextDocumentIdentifier, TextEdit, Uri, VersionedTextDocumentIdentifier,
 };
 use tower_lsp_server::{Client, LanguageServer};
 
@@ -51,6 +51,23 @@ pub struct Backend {
 /// How long the user must stop typing before the server prefills the prompt at the last edit.
 const TYPING_PAUSE: std::time::Duration = std::time::Duration::from_millis(400);
 
+/// `codellama/suggestionReady` (server → client): a suggestion answered with its first words is
+/// now whole. A client that still shows that document version with the cursor at `position`
+/// asks for the inline completion again (and gets all of it at once, from the server's cache).
+pub enum SuggestionReady {}
+
+impl tower_lsp_server::ls_types::notification::Notification for SuggestionReady {
+    type Params = SuggestionReadyParams;
+    const METHOD: &'static str = "codellama/suggestionReady";
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SuggestionReadyParams {
+    pub text_document: VersionedTextDocumentIdentifier,
+    pub position: Position,
+}
+
 /// A suggestion at a cursor, in the negotiated encoding.
 struct Placed {
     text: String,
@@ -79,6 +96,32 @@ impl Backend {
         }
     }
 
+    /// Tells the client of every suggestion that grew whole after its first words were shown,
+    /// while its document is still at the version it was computed for.
+    fn announce_grown_suggestions(&self) {
+        let mut grown = self.completer.listen_for_grown();
+        let (client, session) = (self.client.clone(), self.session.clone());
+        tokio::spawn(async move {
+            while let Some(suggestion) = grown.recv().await {
+                let Ok(document) = session.snapshot(&suggestion.uri) else {
+                    continue;
+                };
+                if document.version() != suggestion.version {
+                    continue; // typed on since: the request for the new text is under way
+                }
+                let Ok(uri) = suggestion.uri.parse::<Uri>() else {
+                    continue;
+                };
+                let at = document.position_of(suggestion.cursor, session.encoding());
+                let params = SuggestionReadyParams {
+                    text_document: VersionedTextDocumentIdentifier::new(uri, suggestion.version),
+                    position: convert::to_lsp_position(at),
+                };
+                client.send_notification::<SuggestionReady>(params).await;
+            }
+        });
+    }
+
     /// The open document behind `uri`, or an `InvalidParams` error saying it is not open.
     pub(super) fn document(&self, uri: &Uri) -> Result<Document> {
         self.session
@@ -103,6 +146,7 @@ impl Backend {
             automatic,
             others: self.session.other_documents(uri.as_str()),
             sent_version: None,
+            refreshes: self.session.client_support().suggestion_refresh,
         })
     }
 
@@ -370,6 +414,7 @@ impl Backend {
                         cursor,
                         automatic: true,
                         sent_version: None,
+                        refreshes: false,
                     };
                     completer.warm_up(request, &session.settings(), &host).await;
                 });
@@ -551,6 +596,7 @@ impl LanguageServer for Backend {
         }
         self.publish_status();
         self.watch_workspace();
+        self.announce_grown_suggestions();
         self.load_configured_model(self.session.settings()).await;
     }
 

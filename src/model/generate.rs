@@ -129,10 +129,7 @@ pub fn generate(
             return Ok(generation);
         };
         if let Some(slice) = request.prefill_slice {
-            size = size.min(
-                pace.next_chunk(Some(slice), remaining)
-                    .unwrap_or(MIN_PREFILL_CHUNK),
-            );
+            size = size.min(pace.chunk_taking(slice));
         }
         let end = (at + size).min(prompt.len());
         let began = Instant::now();
@@ -189,6 +186,9 @@ pub fn generate(
     Ok(generation)
 }
 
+/// The share of the time left before a deadline that the next prefill chunk is sized to take.
+const DEADLINE_MARGIN: f64 = 0.75;
+
 /// The smallest prefill chunk worth a forward call.
 const MIN_PREFILL_CHUNK: usize = 16;
 
@@ -211,6 +211,16 @@ impl PrefillPace {
         }
     }
 
+    /// About how many tokens a chunk taking `time` holds (at least a minimal chunk; before
+    /// anything was measured, a small probe).
+    pub fn chunk_taking(&self, time: Duration) -> usize {
+        let Some(pace) = self.seconds_per_token else {
+            return MIN_PREFILL_CHUNK * 2;
+        };
+        let fits = (time.as_secs_f64() / pace.max(1e-9)) as usize;
+        fits.clamp(MIN_PREFILL_CHUNK, PREFILL_CHUNK)
+    }
+
     /// The next chunk's size with `left` time before the deadline (`None`: no deadline) and
     /// `remaining` prompt tokens, or `None` when not even a minimal chunk (or the rest, if
     /// smaller) fits any more. Before anything was measured the first chunk is a small probe.
@@ -221,7 +231,9 @@ impl PrefillPace {
         let Some(pace) = self.seconds_per_token else {
             return Some(MIN_PREFILL_CHUNK * 2);
         };
-        let fits = (left.as_secs_f64() / pace.max(1e-9)) as usize;
+        // Plan for a quarter less than is left: chunk times vary (a busy machine, a longer
+        // context), and a chunk that ends after the deadline makes the answer late.
+        let fits = (left.as_secs_f64() * DEADLINE_MARGIN / pace.max(1e-9)) as usize;
         if fits < MIN_PREFILL_CHUNK.min(remaining) {
             return None;
         }
@@ -329,11 +341,17 @@ mod tests {
         pace.record(32, Duration::from_millis(32)); // 1 ms a token
         let ms = Duration::from_millis;
         assert_eq!(pace.next_chunk(Some(ms(10_000)), 1000), Some(PREFILL_CHUNK));
-        assert_eq!(pace.next_chunk(Some(ms(100)), 1000), Some(100));
+        // A quarter of the time left is kept as a margin.
+        assert_eq!(pace.next_chunk(Some(ms(100)), 1000), Some(75));
         assert_eq!(pace.next_chunk(Some(ms(10)), 1000), None);
         // The last few tokens still go in if they fit.
-        assert_eq!(pace.next_chunk(Some(ms(10)), 8), Some(10));
+        assert_eq!(pace.next_chunk(Some(ms(12)), 8), Some(9));
+        assert_eq!(pace.next_chunk(Some(ms(10)), 8), None);
         assert_eq!(pace.next_chunk(None, 1000), Some(PREFILL_CHUNK));
+        // Slices of yielding work have no margin, and never go below a minimal chunk.
+        assert_eq!(pace.chunk_taking(ms(50)), 50);
+        assert_eq!(pace.chunk_taking(ms(5)), MIN_PREFILL_CHUNK);
+        assert_eq!(pace.chunk_taking(ms(10_000)), PREFILL_CHUNK);
     }
 
     #[test]

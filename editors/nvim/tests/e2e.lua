@@ -17,9 +17,16 @@ local api = vim.api
 local BIN = os.getenv("CODELLAMA_LSP_BIN")
 local MODEL = os.getenv("CODELLAMA_TEST_MODEL")
 -- Short suggestions keep the test fast; a long deadline keeps them whole on a busy
--- machine (past deadlineMs the server answers with what it has so far).
+-- machine (past deadlineMs the server answers with what it has so far), and so does
+-- firstAnswerMs 0 (no first words shown ahead of the whole; ui.lua tests that path).
 local MAX_TOKENS = "40"
-local SETTINGS = { model = MODEL, workspaceContext = false, maxTokens = tonumber(MAX_TOKENS), deadlineMs = 60000 }
+local SETTINGS = {
+  model = MODEL,
+  workspaceContext = false,
+  maxTokens = tonumber(MAX_TOKENS),
+  deadlineMs = 60000,
+  firstAnswerMs = 0,
+}
 local DEADLINE_MS = tonumber(os.getenv("CODELLAMA_E2E_TIMEOUT_MS") or "") or 100000
 
 if not BIN or BIN == "" or not MODEL or MODEL == "" then

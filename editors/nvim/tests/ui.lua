@@ -200,6 +200,37 @@ local function run()
     H.wait_lines(buf, { "z = one" }, "after <Tab>")
   end)
 
+  test("codellama/suggestionReady: the whole suggestion replaces its first words", function()
+    buf = H.open("grow.py", { "" })
+    local whole = false
+    fake.answer = function(p)
+      return { item(p, whole and "first words and the rest" or "first words") }
+    end
+    eq("first words", H.type_and_wait(buf, 1, "q = "), "first words")
+    local reqs = logged("textDocument/inlineCompletion")
+    local last = reqs[#reqs].params
+    local uri = last.textDocument.uri
+    local function notice(version, position)
+      fake.dispatchers.notification("codellama/suggestionReady", {
+        textDocument = { uri = uri, version = version },
+        position = position,
+      })
+    end
+    whole = true
+    -- For another version or another position: nothing is asked.
+    notice(vim.lsp.util.buf_versions[buf] - 1, last.position)
+    notice(vim.lsp.util.buf_versions[buf], { line = last.position.line, character = 0 })
+    sleep(100)
+    eq(#reqs, #logged("textDocument/inlineCompletion"), "requests after stale notices")
+    eq("first words", shown(buf), "ghost text after stale notices")
+    notice(vim.lsp.util.buf_versions[buf], last.position)
+    wait_for("the whole suggestion", function()
+      return shown(buf) == "first words and the rest"
+    end, 3000)
+    fake.answer = nil
+    api.nvim_input("<Esc>")
+  end)
+
   test("typing on cancels the slow request; its late answer is ignored", function()
     buf = H.open("slow.py", { "" })
     fake.delay = 300

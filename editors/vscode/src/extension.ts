@@ -123,6 +123,29 @@ class Extension implements vscode.Disposable {
    * Tells the server where the cursor is when an editor gets the focus, so it can prefill that
    * prompt before the first keystroke. A notification: nothing waits for it.
    */
+  /**
+   * The server finished a suggestion whose first words are shown: if the editor still shows
+   * that version with the cursor there, ask again (the server answers from its cache).
+   */
+  private suggestionReady(client: LanguageClient, params: unknown): void {
+    if (params === null || typeof params !== 'object') return;
+    const { textDocument, position } = params as {
+      textDocument?: { uri?: unknown; version?: unknown };
+      position?: { line?: unknown; character?: unknown };
+    };
+    const editor = vscode.window.activeTextEditor;
+    if (!editor || typeof textDocument?.uri !== 'string') return;
+    const converter = client.code2ProtocolConverter;
+    const cursor = converter.asPosition(editor.selection.active);
+    const same =
+      converter.asUri(editor.document.uri) === textDocument.uri &&
+      editor.document.version === textDocument.version &&
+      editor.selection.isEmpty &&
+      cursor.line === position?.line &&
+      cursor.character === position?.character;
+    if (same) void vscode.commands.executeCommand('editor.action.inlineSuggest.trigger');
+  }
+
   private warmup(editor: vscode.TextEditor | undefined): void {
     const client = editor && this.client?.isRunning() ? this.client : undefined;
     if (!editor || !client || !inlineEnabled(editor.document.languageId)) return;
@@ -219,6 +242,9 @@ class Extension implements vscode.Disposable {
             ? { ...(capabilities.experimental as Record<string, unknown>) }
             : {};
         experimental.codellamaStatus = true;
+        // We ask again on codellama/suggestionReady, so typing may be answered with a
+        // suggestion's first words and the whole of it shown when ready.
+        experimental.codellamaSuggestionRefresh = true;
         capabilities.experimental = experimental;
       },
       initialize: () => undefined,
@@ -230,6 +256,9 @@ class Extension implements vscode.Disposable {
     });
     client.onNotification('codellama/chatStream', (params: unknown) => {
       if (params !== null && typeof params === 'object') this.chat.onStream(params);
+    });
+    client.onNotification('codellama/suggestionReady', (params: unknown) => {
+      this.suggestionReady(client, params);
     });
     client.onDidChangeState(({ newState }) => {
       if (newState === State.Running) void this.requestStatus(client);

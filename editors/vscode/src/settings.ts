@@ -16,6 +16,7 @@ export const SERVER_KEYS = [
   'fimOrder',
   'prefixShare',
   'deadlineMs',
+  'firstAnswerMs',
   'workspaceContext',
 ] as const;
 

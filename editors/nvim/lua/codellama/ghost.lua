@@ -293,6 +293,33 @@ function M.request(bufnr, trigger)
   end
 end
 
+--- Handler of codellama/suggestionReady: the suggestion whose first words are shown is now
+--- whole. If the buffer is still at that version with the cursor there, ask again (the server
+--- answers from its cache at once).
+function M.suggestion_ready(_, params, ctx)
+  if type(params) ~= "table" or type(params.textDocument) ~= "table" or type(params.position) ~= "table" then
+    return
+  end
+  local bufnr = api.nvim_get_current_buf()
+  local st = states[bufnr]
+  local client = ctx and vim.lsp.get_client_by_id(ctx.client_id)
+  if not st or st.request or not client or not in_insert_mode() then
+    return -- a request is already under way, or nothing is being typed here
+  end
+  if vim.uri_from_bufnr(bufnr) ~= params.textDocument.uri then
+    return
+  end
+  if (vim.lsp.util.buf_versions[bufnr] or -1) ~= params.textDocument.version then
+    return
+  end
+  local row, col = util.cursor()
+  local here = util.lsp_position(bufnr, row, col, client.offset_encoding)
+  if here.line ~= params.position.line or here.character ~= params.position.character then
+    return
+  end
+  M.request(bufnr, TRIGGER_AUTOMATIC)
+end
+
 --- Tells the server where the cursor is, so it can prefill that prompt before the first
 --- keystroke (on entering the buffer or Insert mode). Costs nothing when it is already cached.
 function M.warmup(bufnr)

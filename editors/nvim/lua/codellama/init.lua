@@ -27,10 +27,12 @@ local function lsp_config()
     -- refuses as settings.
     init_options = next(settings) and settings or nil,
     -- The statusline and vim.notify show codellama/status, so the server skips its "ready" pop-up.
+    -- Ghost text asks again on codellama/suggestionReady, so the server may answer typing with a
+    -- suggestion's first words and tell us when the whole of it is ready.
     capabilities = vim.tbl_deep_extend(
       "force",
       vim.lsp.protocol.make_client_capabilities(),
-      { experimental = { codellamaStatus = true } }
+      { experimental = { codellamaStatus = true, codellamaSuggestionRefresh = true } }
     ),
     -- Answers workspace/configuration and is sent as didChangeConfiguration after
     -- initialize (Neovim does that when settings are not empty).
@@ -42,6 +44,9 @@ local function lsp_config()
       end,
       ["codellama/chatStream"] = function(...)
         return require("codellama.commands").chat_stream_handler(...)
+      end,
+      ["codellama/suggestionReady"] = function(...)
+        return require("codellama.ghost").suggestion_ready(...)
       end,
       ["window/showMessage"] = function(...)
         return require("codellama.status").show_message_handler(...)
