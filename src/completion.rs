@@ -124,6 +124,9 @@ pub struct Completer {
     decode_step: Mutex<Option<Duration>>,
     /// Who hears of suggestions that grew whole after their first words were shown.
     grown: Mutex<Option<UnboundedSender<Grown>>>,
+    /// The first line of each document's last prompt window, kept while it fits (see
+    /// `prompt::window`): a start that moves costs a re-evaluation of the whole prefix.
+    window_starts: Mutex<HashMap<String, usize>>,
 }
 
 /// A completion answered with its first words, whose rest is still being generated.
@@ -708,16 +711,17 @@ impl Completer {
     /// Drops the typed-ahead state of documents that are no longer open, so it never outgrows
     /// the open documents.
     fn forget_closed(&self, request: &CompletionRequest) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.retain(|uri, _| {
+        let open = |uri: &String| {
             uri == &request.uri || request.others.iter().any(|(open, _)| open == uri)
-        });
+        };
+        lock(&self.last).retain(|uri, _| open(uri));
+        lock(&self.window_starts).retain(|uri, _| open(uri));
     }
 
     /// How many documents have per-document state here (typed-ahead, context versions), for
     /// tests that check nothing grows without bound.
     pub fn tracked_documents(&self) -> usize {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner()).len();
+        let last = lock(&self.last).len().max(lock(&self.window_starts).len());
         let versions = self
             .context
             .lock()
@@ -761,6 +765,7 @@ impl Completer {
         let window = WindowConfig {
             budget_tokens: settings.prompt_budget(),
             prefix_share: settings.prefix_share,
+            keep_first: lock(&self.window_starts).get(&request.uri).copied(),
             ..WindowConfig::default()
         };
         let (context, context_sources) = if settings.workspace_context {
@@ -788,6 +793,7 @@ impl Completer {
         })
         .await
         .map_err(|_| "building the prompt failed (see the log)".to_owned())?;
+        lock(&self.window_starts).insert(request.uri.clone(), prompt.window.first_line);
         Ok(BuiltPrompt {
             prompt,
             context_sources,
@@ -905,6 +911,7 @@ impl Completer {
     /// Forgets a closed document.
     pub fn forget(&self, uri: &str) {
         lock(&self.last).remove(uri);
+        lock(&self.window_starts).remove(uri);
         let mut context = lock(&self.context);
         context.versions.remove(uri);
         if context.last.as_ref().is_some_and(|pick| pick.uri == uri) {

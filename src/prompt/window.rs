@@ -4,6 +4,9 @@
 //! Stability is what makes the KV cache pay off: if the window's first line moved on every
 //! keystroke, every prompt would differ from the previous one at its very start. So the edges are
 //! snapped to multiples of `snap_lines`, and move only when the cursor's surroundings no longer fit.
+//! Given the previous window's first line (`keep_first`), the start stays there for as long as
+//! the text from it still fits, and when it must move it moves half a snap further than needed:
+//! each move costs a re-evaluation of the whole prefix, so moves should be rare.
 
 use ropey::Rope;
 
@@ -15,6 +18,8 @@ pub struct WindowConfig {
     pub prefix_share: f32,
     /// Window edges snap to multiples of this many lines.
     pub snap_lines: usize,
+    /// The first line of the previous window in this document, kept while it still fits.
+    pub keep_first: Option<usize>,
 }
 
 impl Default for WindowConfig {
@@ -23,6 +28,7 @@ impl Default for WindowConfig {
             budget_tokens: 4096 - 256 - 8,
             prefix_share: 0.75,
             snap_lines: 32,
+            keep_first: None,
         }
     }
 }
@@ -67,7 +73,10 @@ pub fn select(
     let line_start = rope.line_to_char(cursor_line);
     let head = rope.slice(line_start..cursor).to_string();
     let (head, head_tokens) = keep_end(&head, prefix_budget, count);
-    let mut first = cursor_line;
+    // `first`: the earliest line that fits; `roomy`: the earliest that leaves a quarter of the
+    // budget free, where a start that has to move goes, so that it stays there a while.
+    let roomy_budget = prefix_budget - prefix_budget / 4;
+    let (mut first, mut roomy) = (cursor_line, cursor_line);
     let mut used = head_tokens;
     while first > 0 {
         let tokens = count(&rope.line(first - 1).to_string());
@@ -76,12 +85,26 @@ pub fn select(
         }
         used += tokens;
         first -= 1;
+        if used <= roomy_budget {
+            roomy = first;
+        }
     }
-    // Snap the start forward to a chunk boundary (it still fits), unless that would leave only
-    // the cursor line or the whole document already fits.
-    let snapped = first.div_ceil(snap) * snap;
-    if first > 0 && snapped < cursor_line {
-        first = snapped;
+    // Keep the previous start if it still fits (and the whole document does not); else snap
+    // forward to a chunk boundary, unless that would leave only the cursor line.
+    let kept = config
+        .keep_first
+        .filter(|&kept| first > 0 && (first..=cursor_line).contains(&kept));
+    if let Some(kept) = kept {
+        first = kept;
+    } else if first > 0 {
+        let moving = config.keep_first.is_some();
+        for start in [if moving { roomy } else { first }, first] {
+            let snapped = start.div_ceil(snap) * snap;
+            if snapped < cursor_line {
+                first = snapped;
+                break;
+            }
+        }
     }
     let prefix = if first < cursor_line {
         let mut text = rope.slice(rope.line_to_char(first)..line_start).to_string();
@@ -187,6 +210,7 @@ mod tests {
             budget_tokens: budget,
             prefix_share: 0.75,
             snap_lines: 8,
+            keep_first: None,
         }
     }
 
@@ -259,6 +283,44 @@ mod tests {
         assert_eq!(starts.len(), 1, "{starts:?}");
     }
 
+    /// With the previous start as a hint, typing many lines moves the start rarely: only when
+    /// the text from it no longer fits, and then far enough to stay a while. Every window fits
+    /// the budget, and without the hint the same text gives the plain window.
+    #[test]
+    fn a_kept_start_moves_only_when_it_no_longer_fits() {
+        let mut text = document(400);
+        let mut cursor_byte = text.find("line 0300").unwrap();
+        let typed = "def f(x):\n    y = x + 1\n    return y\n\n".repeat(12);
+        let (mut keep_first, mut moves, mut plain_moves) = (None, 0, 0);
+        let mut plain_first = None;
+        for ch in typed.chars() {
+            text.insert(cursor_byte, ch);
+            cursor_byte += ch.len_utf8();
+            let rope = Rope::from_str(&text);
+            let cursor = rope.byte_to_char(cursor_byte);
+            let hinted = WindowConfig {
+                keep_first,
+                ..config(400)
+            };
+            let window = select(&rope, cursor, &hinted, &count);
+            assert!(
+                count(&window.prefix) <= 300 + 1,
+                "{}",
+                count(&window.prefix)
+            );
+            moves += usize::from(keep_first.is_some_and(|k| k != window.first_line));
+            keep_first = Some(window.first_line);
+            let plain = select(&rope, cursor, &config(400), &count).first_line;
+            plain_moves += usize::from(plain_first.is_some_and(|p| p != plain));
+            plain_first = Some(plain);
+        }
+        assert!(moves >= 1, "48 typed lines outgrow a 100-line prefix");
+        assert!(
+            moves * 2 <= plain_moves,
+            "kept start moved {moves} times, the plain one {plain_moves}"
+        );
+    }
+
     /// Every budget, cursor and document length gives a window (the end, snapped from the
     /// document's end, once went below zero in short documents).
     #[test]
@@ -268,9 +330,15 @@ mod tests {
             let rope = Rope::from_str(&text);
             for budget in [0, 1, 2, 5, 13, 40, 400] {
                 for cursor in (0..=rope.len_chars()).step_by(7) {
-                    let window = select(&rope, cursor, &config(budget), &count);
-                    assert!(window.end_line <= rope.len_lines());
-                    assert!(window.first_line <= rope.char_to_line(cursor));
+                    for keep_first in [None, Some(0), Some(3), Some(17), Some(1000)] {
+                        let config = WindowConfig {
+                            keep_first,
+                            ..config(budget)
+                        };
+                        let window = select(&rope, cursor, &config, &count);
+                        assert!(window.end_line <= rope.len_lines());
+                        assert!(window.first_line <= rope.char_to_line(cursor));
+                    }
                 }
             }
         }
