@@ -129,6 +129,25 @@ pub struct Completer {
     window_starts: Mutex<HashMap<String, usize>>,
 }
 
+/// What work after an answer runs with (it outlives the request): the settings fitted to the
+/// model, the model, its prompt template.
+#[derive(Clone)]
+struct Runner {
+    settings: Settings,
+    model: Arc<ReadyModel>,
+    template: FimTemplate,
+}
+
+impl Runner {
+    fn new(settings: &Settings, model: &Arc<ReadyModel>, template: &FimTemplate) -> Self {
+        Self {
+            settings: settings.clone(),
+            model: model.clone(),
+            template: template.clone(),
+        }
+    }
+}
+
 /// A completion answered with its first words, whose rest is still being generated.
 struct Growing {
     request: CompletionRequest,
@@ -458,7 +477,7 @@ impl Completer {
                     shown: text.clone(),
                     shown_pieces: pieces,
                 };
-                self.grow_in_background(job, growing, settings, &model, &template);
+                self.grow_in_background(job, growing, Runner::new(settings, &model, &template));
                 return Ok((
                     self.finish(&uri, line, line_before, Some(text)),
                     Some(Source::Model),
@@ -492,7 +511,8 @@ impl Completer {
         if let Some(suggestion) = &text
             && !model.engine.is_remote()
         {
-            self.speculate(&request, cursor, suggestion, settings, &model, &template);
+            let runner = Runner::new(settings, &model, &template);
+            self.speculate(&request, cursor, suggestion, &runner);
         }
         Ok((
             self.finish(&request.uri, line, line_before, text),
@@ -508,9 +528,7 @@ impl Completer {
         request: &CompletionRequest,
         cursor: usize,
         suggestion: &str,
-        settings: &Settings,
-        model: &Arc<ReadyModel>,
-        template: &FimTemplate,
+        runner: &Runner,
     ) {
         let mut accepted = request.document.clone();
         accepted.insert(cursor, suggestion);
@@ -523,15 +541,15 @@ impl Completer {
             sent_version: None,
             refreshes: false,
         };
-        let (completer, settings, model, template) = (
-            self.clone(),
-            settings.clone(),
-            model.clone(),
-            template.clone(),
-        );
+        let (completer, runner) = (self.clone(), runner.clone());
         tokio::spawn(async move {
+            let Runner {
+                settings,
+                model,
+                template,
+            } = &runner;
             let Ok(built) = completer
-                .build_prompt(&next, &settings, &model.tokenizer, &template)
+                .build_prompt(&next, settings, &model.tokenizer, template)
                 .await
             else {
                 return;
@@ -543,7 +561,7 @@ impl Completer {
             let job = model.engine.submit(completion_job(
                 &next.uri,
                 prompt.ids.clone(),
-                &settings,
+                settings,
                 JobKind::Prefetch,
                 None,
             ));
@@ -613,20 +631,8 @@ impl Completer {
     /// Lets a completion answered with its first words run on in the background (giving way to
     /// any other completion). Once whole, its answer is remembered, so that typing along the
     /// shown words or asking again gets all of it, and [`Grown`] tells the client.
-    fn grow_in_background(
-        self: &Arc<Self>,
-        job: JobHandle,
-        growing: Growing,
-        settings: &Settings,
-        model: &Arc<ReadyModel>,
-        template: &FimTemplate,
-    ) {
-        let (completer, settings, model, template) = (
-            self.clone(),
-            settings.clone(),
-            model.clone(),
-            template.clone(),
-        );
+    fn grow_in_background(self: &Arc<Self>, job: JobHandle, growing: Growing, runner: Runner) {
+        let completer = self.clone();
         tokio::spawn(async move {
             let Ok(result) = job.finish().await else {
                 return;
@@ -657,8 +663,8 @@ impl Completer {
             {
                 last.text = text.clone();
             }
-            if !model.engine.is_remote() {
-                completer.speculate(&request, cursor, &text, &settings, &model, &template);
+            if !runner.model.engine.is_remote() {
+                completer.speculate(&request, cursor, &text, &runner);
             }
             lock(&completer.stats).completions.grown += 1;
             if let Some(listener) = lock(&completer.grown).as_ref() {

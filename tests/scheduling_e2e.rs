@@ -38,11 +38,21 @@ fn wait_for_stats(client: &mut LspClient, ready: impl Fn(&Value) -> bool) -> Val
     }
 }
 
+/// An invoked (asked for) inline completion at `line:character`.
 fn inline_at(client: &mut LspClient, uri: &str, line: u32, character: u32) -> Value {
+    inline_completion(client, uri, (line, character), 1)
+}
+
+/// An automatic (typing) request at `line:character`.
+fn typed_at(client: &mut LspClient, uri: &str, line: u32, character: u32) -> Value {
+    inline_completion(client, uri, (line, character), 2)
+}
+
+fn inline_completion(client: &mut LspClient, uri: &str, at: (u32, u32), trigger: u32) -> Value {
     let response = client.call(
         "textDocument/inlineCompletion",
-        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-               "context": {"triggerKind": 1}}),
+        json!({"textDocument": {"uri": uri}, "position": {"line": at.0, "character": at.1},
+               "context": {"triggerKind": trigger}}),
     );
     response["result"].clone()
 }
@@ -121,16 +131,6 @@ fn accepting_a_suggestion_finds_the_next_one_computed_ahead() {
     let last = stats(&mut client);
     assert_eq!(last["completions"]["speculativeHits"], 1, "{last}");
     assert!(client.shutdown().success());
-}
-
-/// An automatic (typing) request at `line:character`.
-fn typed_at(client: &mut LspClient, uri: &str, line: u32, character: u32) -> Value {
-    let response = client.call(
-        "textDocument/inlineCompletion",
-        json!({"textDocument": {"uri": uri}, "position": {"line": line, "character": character},
-               "context": {"triggerKind": 2}}),
-    );
-    response["result"].clone()
 }
 
 /// While typing, a client that asks again on `codellama/suggestionReady` is answered with a
