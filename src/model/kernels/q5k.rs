@@ -197,6 +197,36 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_keep_every_value() {
+        let mut block = TileBlock {
+            scale_min: [0; SUBS * TILE * 2],
+            d: [0; TILE],
+            dmin: [0; TILE],
+            planes: [0; SUBS * PLANES],
+        };
+        // Every value of each operand, beside the others' values counted the other way.
+        for v in 0..8 {
+            for q in 0..32u8 {
+                let mut values = [31 - q; 8];
+                values[v] = q;
+                block.set_values(3, 11, 1, values);
+                for (w, &expected) in values.iter().enumerate() {
+                    assert_eq!(
+                        block.value(3, w, 11, 1),
+                        expected,
+                        "operand {w} of {values:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // Indexing register arrays by a constant-bound loop is what unrolls into registers.
 #[allow(clippy::needless_range_loop)]

@@ -71,6 +71,13 @@ impl TileBlock {
         s * PLANES + k * OPERAND + 4 * r + j
     }
 
+    /// The planes' bytes `j` of row `r` of sub-block `s`, from its 4 operands' values `q`.
+    fn set_values(&mut self, s: usize, r: usize, j: usize, q: [u8; 4]) {
+        for k in 0..3 {
+            self.planes[Self::plane_at(s, k, r, j)] = q[k] | (((q[3] >> (2 * k)) & 3) << 6);
+        }
+    }
+
     /// The 6-bit value of input `16s + 4v + j` of row `r`.
     fn value(&self, s: usize, v: usize, r: usize, j: usize) -> u8 {
         let plane = |k| self.planes[Self::plane_at(s, k, r, j)];
@@ -103,11 +110,8 @@ impl Packed {
                 for s in 0..SUBS {
                     packed.scales[TileBlock::scale_at(s, r)] = raw[192 + s] as i8;
                     for j in 0..4 {
-                        let q = |v: usize| raw_value(raw, 16 * s + 4 * v + j);
-                        for k in 0..3 {
-                            packed.planes[TileBlock::plane_at(s, k, r, j)] =
-                                q(k) | (((q(3) >> (2 * k)) & 3) << 6);
-                        }
+                        let q = std::array::from_fn(|v| raw_value(raw, 16 * s + 4 * v + j));
+                        packed.set_values(s, r, j, q);
                     }
                 }
             }
@@ -172,6 +176,36 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
                     scaled += centred * i32::from(block.scales[TileBlock::scale_at(s, r)]);
                 }
                 *sum = (f16_to_f32(block.d[r]) * scaled as f32).mul_add(a.d, *sum);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_keep_every_value() {
+        let mut block = TileBlock {
+            scales: [0; SUBS * TILE],
+            d: [0; TILE],
+            _pad: [0; 32],
+            planes: [0; SUBS * PLANES],
+        };
+        // Every value of each operand, beside the others' values counted the other way.
+        for v in 0..4 {
+            for q in 0..64u8 {
+                let mut values = [63 - q; 4];
+                values[v] = q;
+                block.set_values(5, 7, 2, values);
+                for (w, &expected) in values.iter().enumerate() {
+                    assert_eq!(
+                        block.value(5, w, 7, 2),
+                        expected,
+                        "operand {w} of {values:?}"
+                    );
+                }
             }
         }
     }
