@@ -76,7 +76,6 @@ macro_rules! flag_to_bit4 {
         }
     };
 }
-pub(super) use flag_to_bit4;
 
 impl<const QH: usize, const MN: usize> Packed<QH, MN> {
     /// Bytes of one file block.

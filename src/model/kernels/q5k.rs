@@ -5,13 +5,22 @@
 //! 6-bit scales and minimums packed as in Q4_K, 32 bytes `qh` where bit `i` of `qh[l]` is the
 //! fifth bit of value `32i + l`, and the nibbles laid out as in Q4_K).
 //!
-//! A tile block holds one super-block of 16 rows as Q4_K's does (the nibbles as
-//! `qs[g][row][j]` = inputs `8g + j` and `8g + 4 + j`, scales and minimums unpacked to bytes, `d`
-//! and `dmin` as f16), plus the fifth bits as one 64-byte bit plane per sub-block, laid out as in
-//! [`super::legacy`]: bit `v` of `qh[s][p]` is the fifth bit of byte `p` of the sub-block's
-//! operand `v` (the low nibbles of its group `g` for `v = 2g`, the high ones for `2g + 1`), so a
-//! shift, a mask and an OR complete an operand. That is 5.6 bits a weight, against 5.5 in the
-//! file and 8.6 with the values unpacked to bytes; decoding is bound by that traffic.
+//! A tile block holds one super-block of 16 rows in the order the kernels read it, so that
+//! decoding streams each block front to back (two interleaved streams, as a nibble array and a
+//! fifth-bit array would be, left the hardware prefetchers at a third of the read bandwidth):
+//! first the scales and minimums unpacked to byte pairs (`scale_min[s][row]`), `d` and `dmin` as
+//! f16, then per sub-block five 64-byte *planes*. A sub-block's values are eight `vpdpbusd`
+//! operands of 16 rows × 4 inputs (operand `v`: inputs `32s + 4v..+4`, byte `4·row + j`); plane
+//! `k` holds operand `k`'s 5-bit values in bits 0–4, and its bits 5–7 hold three bits of one of
+//! the other three operands:
+//!
+//! | plane   | 0         | 1                   | 2         | 3         | 4                   |
+//! |---------|-----------|---------------------|-----------|-----------|---------------------|
+//! | bits 5–7| op 5, 0–2 | op 5, 3–4; op 6, 3  | op 6, 0–2 | op 7, 0–2 | op 7, 3–4; op 6, 4  |
+//!
+//! so operands 0–4 are one AND each and the others a few masked shifts (19 instructions for 8
+//! operands, against 36 for nibbles plus a fifth-bit plane), at 5.63 bits a weight, against 5.5
+//! in the file.
 //!
 //! Per row and super-block the kernels compute, exactly in integers, `Σ_s scale[s]·Σ q·a` and
 //! `Σ_s min[s]·Σ a`, then apply `d`, `dmin` and the activation's scale in f32 with Q4_K's formula.
@@ -23,18 +32,20 @@ use super::{Isa, MAX_M, TILE, f16_bits, f16_to_f32};
 const SUPER: usize = 256;
 const SUBS: usize = 8;
 const BLOCK_BYTES: usize = 176;
-/// Bytes of one sub-block's fifth-bit plane.
-const PLANE: usize = 64;
+/// Bytes of one operand: 16 rows × 4 inputs.
+const OPERAND: usize = 4 * TILE;
+/// Bytes of one sub-block: five planes.
+const PLANES: usize = 5 * OPERAND;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
 struct TileBlock {
-    qs: [u8; SUPER / 2 * TILE],
-    qh: [u8; SUBS * PLANE],
-    scales: [u8; SUBS * TILE],
-    mins: [u8; SUBS * TILE],
+    /// `[sub-block][row][2]`: scale, minimum.
+    scale_min: [u8; SUBS * TILE * 2],
     d: [u16; TILE],
     dmin: [u16; TILE],
+    /// `[sub-block][plane][row][j]`.
+    planes: [u8; SUBS * PLANES],
 }
 
 pub struct Packed {
@@ -43,17 +54,47 @@ pub struct Packed {
     blocks_per_row: usize,
 }
 
+impl TileBlock {
+    /// Where byte `j` of row `r` of plane `k` of sub-block `s` is.
+    fn plane_at(s: usize, k: usize, r: usize, j: usize) -> usize {
+        s * PLANES + k * OPERAND + 4 * r + j
+    }
+
+    /// The 5-bit value of input `32s + 4v + j` of row `r`.
+    fn value(&self, s: usize, v: usize, r: usize, j: usize) -> u8 {
+        let plane = |k| self.planes[Self::plane_at(s, k, r, j)];
+        match v {
+            0..=4 => plane(v) & 0x1F,
+            5 => (plane(0) >> 5) | (((plane(1) >> 5) & 3) << 3),
+            6 => (plane(2) >> 5) | ((plane(1) >> 7) << 3) | ((plane(4) >> 7) << 4),
+            _ => (plane(3) >> 5) | (((plane(4) >> 5) & 3) << 3),
+        }
+    }
+
+    /// The planes' bytes `j` of row `r` of sub-block `s`, from its 8 operands' values `q`.
+    fn set_values(&mut self, s: usize, r: usize, j: usize, q: [u8; 8]) {
+        let spare = [
+            q[5] & 7,
+            (q[5] >> 3) | (((q[6] >> 3) & 1) << 2),
+            q[6] & 7,
+            q[7] & 7,
+            (q[7] >> 3) | ((q[6] >> 4) << 2),
+        ];
+        for (k, spare) in spare.into_iter().enumerate() {
+            self.planes[Self::plane_at(s, k, r, j)] = q[k] | (spare << 5);
+        }
+    }
+}
+
 impl Packed {
     pub fn new(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
         let blocks_per_row = cols / SUPER;
         let tiles = rows.div_ceil(TILE);
         let empty = TileBlock {
-            qs: [0; SUPER / 2 * TILE],
-            qh: [0; SUBS * PLANE],
-            scales: [0; SUBS * TILE],
-            mins: [0; SUBS * TILE],
+            scale_min: [0; SUBS * TILE * 2],
             d: [0; TILE],
             dmin: [0; TILE],
+            planes: [0; SUBS * PLANES],
         };
         let mut blocks = vec![empty; tiles * blocks_per_row];
         for row in 0..rows {
@@ -64,26 +105,20 @@ impl Packed {
                 let packed = &mut blocks[tile * blocks_per_row + b];
                 packed.d[r] = f16_bits(raw, 0);
                 packed.dmin[r] = f16_bits(raw, 2);
-                for s in 0..SUBS {
-                    let (scale, min) = scale_min(s, &raw[4..16]);
-                    packed.scales[s * TILE + r] = scale;
-                    packed.mins[s * TILE + r] = min;
-                }
                 let (qh, qs) = (&raw[16..48], &raw[48..]);
                 // 32 bytes hold 64 values: 32 in the low nibbles, the next 32 in the high ones.
-                let nibble = |k: usize| {
+                let value = |k: usize| {
                     let byte = qs[k / 64 * 32 + k % 32];
-                    if k % 64 < 32 { byte & 0x0F } else { byte >> 4 }
+                    let nibble = if k % 64 < 32 { byte & 0x0F } else { byte >> 4 };
+                    nibble | (((qh[k % 32] >> (k / 32)) & 1) << 4)
                 };
-                let fifth = |k: usize| (qh[k % 32] >> (k / 32)) & 1;
-                for g in 0..SUPER / 8 {
-                    let (s, v) = (g / 4, 2 * (g % 4));
+                for s in 0..SUBS {
+                    let (scale, min) = scale_min(s, &raw[4..16]);
+                    packed.scale_min[(s * TILE + r) * 2] = scale;
+                    packed.scale_min[(s * TILE + r) * 2 + 1] = min;
                     for j in 0..4 {
-                        let p = r * 4 + j;
-                        packed.qs[g * TILE * 4 + p] =
-                            nibble(8 * g + j) | (nibble(8 * g + 4 + j) << 4);
-                        packed.qh[s * PLANE + p] |=
-                            (fifth(8 * g + j) << v) | (fifth(8 * g + 4 + j) << (v + 1));
+                        let q = std::array::from_fn(|v| value(32 * s + 4 * v + j));
+                        packed.set_values(s, r, j, q);
                     }
                 }
             }
@@ -138,21 +173,16 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
                 let (mut scaled, mut mins) = (0i32, 0i32);
                 for s in 0..SUBS {
                     let mut dot = 0i32;
-                    for g in s * 4..s * 4 + 4 {
-                        let v = 2 * (g % 4);
+                    for v in 0..8 {
                         for j in 0..4 {
-                            let p = r * 4 + j;
-                            let byte = block.qs[g * TILE * 4 + p];
-                            let flags = block.qh[s * PLANE + p];
-                            let low = (byte & 0x0F) | (((flags >> v) & 1) << 4);
-                            let high = (byte >> 4) | (((flags >> (v + 1)) & 1) << 4);
-                            dot += i32::from(low) * i32::from(a.qs[8 * g + j]);
-                            dot += i32::from(high) * i32::from(a.qs[8 * g + 4 + j]);
+                            let q = block.value(s, v, r, j);
+                            dot += i32::from(q) * i32::from(a.qs[32 * s + 4 * v + j]);
                         }
                     }
-                    scaled += dot * i32::from(block.scales[s * TILE + r]);
+                    let at = (s * TILE + r) * 2;
+                    scaled += dot * i32::from(block.scale_min[at]);
                     let bsum = i32::from(a.bsums[2 * s]) + i32::from(a.bsums[2 * s + 1]);
-                    mins += bsum * i32::from(block.mins[s * TILE + r]);
+                    mins += bsum * i32::from(block.scale_min[at + 1]);
                 }
                 *sum = accumulate(
                     *sum,
@@ -167,18 +197,53 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planes_keep_every_value() {
+        let mut block = TileBlock {
+            scale_min: [0; SUBS * TILE * 2],
+            d: [0; TILE],
+            dmin: [0; TILE],
+            planes: [0; SUBS * PLANES],
+        };
+        // Every value of each operand, beside the others' values counted the other way.
+        for v in 0..8 {
+            for q in 0..32u8 {
+                let mut values = [31 - q; 8];
+                values[v] = q;
+                block.set_values(3, 11, 1, values);
+                for (w, &expected) in values.iter().enumerate() {
+                    assert_eq!(
+                        block.value(3, w, 11, 1),
+                        expected,
+                        "operand {w} of {values:?}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 // Indexing register arrays by a constant-bound loop is what unrolls into registers.
 #[allow(clippy::needless_range_loop)]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::legacy::flag_to_bit4;
-    use super::{ActQ8K, MAX_M, PLANE, SUBS, TILE, TileBlock};
+    use super::{ActQ8K, MAX_M, OPERAND, PLANES, SUBS, TILE, TileBlock};
 
     #[inline(always)]
     unsafe fn broadcast4(qs: &[i8; 256], at: usize) -> i32 {
         unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
+    }
+
+    /// The activation block's sums of 16 of sub-block `s` (of 32), as one 32-bit lane.
+    #[inline(always)]
+    unsafe fn bsum_pair(act: &ActQ8K, s: usize) -> i32 {
+        unsafe { std::ptr::read_unaligned(act.bsums.as_ptr().add(2 * s).cast::<i32>()) }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
@@ -187,50 +252,80 @@ mod x86 {
         acts: &[&[ActQ8K]],
         out: &mut [[f32; TILE]; MAX_M],
     ) {
-        let nibble = _mm512_set1_epi8(0x0F);
+        let zero = _mm512_setzero_si512();
+        let low5 = _mm512_set1_epi8(0x1F);
+        let top3 = _mm512_set1_epi8(-32); // 0xE0
+        let bits34 = _mm512_set1_epi8(0x18);
+        let bit3 = _mm512_set1_epi8(0x08);
         let bit4 = _mm512_set1_epi8(0x10);
+        let low16 = _mm512_set1_epi32(0xFFFF);
+        // Each row's 16-bit minimum in both halves of its lane.
+        let min_pair = _mm512_broadcast_i32x4(_mm_setr_epi8(
+            2, 3, 2, 3, 6, 7, 6, 7, 10, 11, 10, 11, 14, 15, 14, 15,
+        ));
         let mut acc = [_mm512_setzero_ps(); M];
         for (b, block) in blocks.iter().enumerate() {
-            let qs = block.qs.as_ptr();
-            let mut scaled = [_mm512_setzero_si512(); M];
-            let mut mins = [_mm512_setzero_si512(); M];
+            let mut scaled = [zero; M];
+            let mut mins = [zero; M];
             for s in 0..SUBS {
-                let hb = unsafe { _mm512_loadu_si512(block.qh.as_ptr().add(s * PLANE).cast()) };
-                // Low and high nibbles feed two independent chains.
-                let mut low = [_mm512_setzero_si512(); M];
-                let mut high = [_mm512_setzero_si512(); M];
-                for k in 0..4 {
-                    let g = s * 4 + k;
-                    let w = unsafe { _mm512_loadu_si512(qs.add(g * 64).cast()) };
-                    let f_low = flag_to_bit4!(hb, 2 * k, _mm512_slli_epi16, _mm512_srli_epi16);
-                    let f_high = flag_to_bit4!(hb, 2 * k + 1, _mm512_slli_epi16, _mm512_srli_epi16);
-                    let w_low =
-                        _mm512_or_si512(_mm512_and_si512(w, nibble), _mm512_and_si512(f_low, bit4));
-                    let w_high = _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi16::<4>(w), nibble),
-                        _mm512_and_si512(f_high, bit4),
-                    );
-                    for i in 0..M {
-                        let a = &acts[i][b].qs;
-                        let a_low = _mm512_set1_epi32(unsafe { broadcast4(a, 8 * g) });
-                        let a_high = _mm512_set1_epi32(unsafe { broadcast4(a, 8 * g + 4) });
-                        low[i] = _mm512_dpbusd_epi32(low[i], w_low, a_low);
-                        high[i] = _mm512_dpbusd_epi32(high[i], w_high, a_high);
-                    }
+                // 16-bit (scale, min) in the 32-bit lane of each row.
+                let scale_min = _mm512_cvtepu8_epi16(unsafe {
+                    _mm256_loadu_si256(block.scale_min.as_ptr().add(s * 2 * TILE).cast())
+                });
+                let scale = _mm512_and_si512(scale_min, low16);
+                let min = _mm512_shuffle_epi8(scale_min, min_pair);
+                let at = unsafe { block.planes.as_ptr().add(s * PLANES) };
+                let mut planes = [zero; 5];
+                for k in 0..5 {
+                    planes[k] = unsafe { _mm512_loadu_si512(at.add(k * OPERAND).cast()) };
                 }
-                let scale = _mm512_cvtepu8_epi32(unsafe {
-                    _mm_loadu_si128(block.scales.as_ptr().add(s * TILE).cast())
-                });
-                let min = _mm512_cvtepu8_epi32(unsafe {
-                    _mm_loadu_si128(block.mins.as_ptr().add(s * TILE).cast())
-                });
+                // The spare top bits, masked before a 16-bit shift so that only zeros come in
+                // from the next byte, or shifted before a mask that drops them; 0xF8 is A | B & C.
+                let mut high = [zero; 5];
+                for k in [0, 2, 3] {
+                    high[k] = _mm512_srli_epi16::<5>(_mm512_and_si512(planes[k], top3));
+                }
+                let op5 = _mm512_ternarylogic_epi32::<0xF8>(
+                    high[0],
+                    _mm512_srli_epi16::<2>(planes[1]),
+                    bits34,
+                );
+                let op6 = _mm512_ternarylogic_epi32::<0xF8>(
+                    _mm512_ternarylogic_epi32::<0xF8>(
+                        high[2],
+                        _mm512_srli_epi16::<4>(planes[1]),
+                        bit3,
+                    ),
+                    _mm512_srli_epi16::<3>(planes[4]),
+                    bit4,
+                );
+                let op7 = _mm512_ternarylogic_epi32::<0xF8>(
+                    high[3],
+                    _mm512_srli_epi16::<2>(planes[4]),
+                    bits34,
+                );
+                let operands = [
+                    _mm512_and_si512(planes[0], low5),
+                    _mm512_and_si512(planes[1], low5),
+                    _mm512_and_si512(planes[2], low5),
+                    _mm512_and_si512(planes[3], low5),
+                    _mm512_and_si512(planes[4], low5),
+                    op5,
+                    op6,
+                    op7,
+                ];
                 for i in 0..M {
-                    let dot = _mm512_add_epi32(low[i], high[i]);
+                    let a = &acts[i][b].qs;
+                    // Two chains of four, so that M = 1 is not latency-bound.
+                    let mut dots = [zero; 2];
+                    for (v, operand) in operands.iter().enumerate() {
+                        let a4 = _mm512_set1_epi32(unsafe { broadcast4(a, 32 * s + 4 * v) });
+                        dots[v / 4] = _mm512_dpbusd_epi32(dots[v / 4], *operand, a4);
+                    }
+                    let dot = _mm512_add_epi32(dots[0], dots[1]);
                     scaled[i] = _mm512_add_epi32(scaled[i], _mm512_mullo_epi32(dot, scale));
-                    let bsums = &acts[i][b].bsums;
-                    let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
-                    mins[i] =
-                        _mm512_add_epi32(mins[i], _mm512_mullo_epi32(min, _mm512_set1_epi32(bsum)));
+                    let bsums = _mm512_set1_epi32(unsafe { bsum_pair(&acts[i][b], s) });
+                    mins[i] = _mm512_dpwssd_epi32(mins[i], min, bsums);
                 }
             }
             let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(block.d.as_ptr().cast()) });
@@ -255,70 +350,88 @@ mod x86 {
         acts: &[&[ActQ8K]],
         out: &mut [[f32; TILE]; MAX_M],
     ) {
-        let nibble = _mm256_set1_epi8(0x0F);
+        let zero = _mm256_setzero_si256();
+        let low5 = _mm256_set1_epi8(0x1F);
+        let top3 = _mm256_set1_epi8(-32); // 0xE0
+        let bit3 = _mm256_set1_epi8(0x08);
         let bit4 = _mm256_set1_epi8(0x10);
-        let ones = _mm256_set1_epi16(1);
+        let bits56 = _mm256_set1_epi8(0x60);
+        // Each row's 16-bit scale (minimum) in both halves of its lane.
+        let scale_pair = _mm256_setr_epi8(
+            0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9, 12, 13, 12, 13, 0, 1, 0, 1, 4, 5, 4, 5, 8, 9, 8, 9,
+            12, 13, 12, 13,
+        );
+        let min_pair = _mm256_add_epi8(scale_pair, _mm256_set1_epi8(2));
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
-            let qs = block.qs.as_ptr();
             for half in 0..2 {
-                let mut scaled = [_mm256_setzero_si256(); M];
-                let mut mins = [_mm256_setzero_si256(); M];
+                let mut scaled = [zero; M];
+                let mut mins = [zero; M];
                 for s in 0..SUBS {
-                    let hb = unsafe {
-                        _mm256_loadu_si256(block.qh.as_ptr().add(s * PLANE + half * 32).cast())
-                    };
-                    let mut dots = [_mm256_setzero_si256(); M];
-                    for k0 in (0..4).step_by(2) {
-                        // 16-bit sums of two groups: at most 2 · 2 · 2 · 31 · 127 < 2^15.
-                        let mut pairs = [_mm256_setzero_si256(); M];
-                        for k in k0..k0 + 2 {
-                            let g = s * 4 + k;
-                            let w =
-                                unsafe { _mm256_loadu_si256(qs.add(g * 64 + half * 32).cast()) };
-                            let f_low =
-                                flag_to_bit4!(hb, 2 * k, _mm256_slli_epi16, _mm256_srli_epi16);
-                            let f_high =
-                                flag_to_bit4!(hb, 2 * k + 1, _mm256_slli_epi16, _mm256_srli_epi16);
-                            let w_low = _mm256_or_si256(
-                                _mm256_and_si256(w, nibble),
-                                _mm256_and_si256(f_low, bit4),
-                            );
-                            let w_high = _mm256_or_si256(
-                                _mm256_and_si256(_mm256_srli_epi16::<4>(w), nibble),
-                                _mm256_and_si256(f_high, bit4),
-                            );
-                            for i in 0..M {
-                                let a = &acts[i][b].qs;
-                                let a_low = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g) });
-                                let a_high = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g + 4) });
-                                pairs[i] = _mm256_add_epi16(
-                                    pairs[i],
-                                    _mm256_add_epi16(
-                                        _mm256_maddubs_epi16(w_low, a_low),
-                                        _mm256_maddubs_epi16(w_high, a_high),
-                                    ),
-                                );
-                            }
-                        }
-                        for i in 0..M {
-                            dots[i] = _mm256_add_epi32(dots[i], _mm256_madd_epi16(pairs[i], ones));
-                        }
+                    let scale_min = _mm256_cvtepu8_epi16(unsafe {
+                        _mm_loadu_si128(
+                            block
+                                .scale_min
+                                .as_ptr()
+                                .add(s * 2 * TILE + half * 16)
+                                .cast(),
+                        )
+                    });
+                    let scale = _mm256_shuffle_epi8(scale_min, scale_pair);
+                    let min = _mm256_shuffle_epi8(scale_min, min_pair);
+                    let at = unsafe { block.planes.as_ptr().add(s * PLANES + half * 32) };
+                    let mut planes = [zero; 5];
+                    for k in 0..5 {
+                        planes[k] = unsafe { _mm256_loadu_si256(at.add(k * OPERAND).cast()) };
                     }
-                    let scale = _mm256_cvtepu8_epi32(unsafe {
-                        _mm_loadl_epi64(block.scales.as_ptr().add(s * TILE + half * 8).cast())
-                    });
-                    let min = _mm256_cvtepu8_epi32(unsafe {
-                        _mm_loadl_epi64(block.mins.as_ptr().add(s * TILE + half * 8).cast())
-                    });
+                    // As in the AVX-512 kernel, with an AND and an OR for each ternary logic.
+                    let mut high = [zero; 5];
+                    for k in [0, 2, 3] {
+                        high[k] = _mm256_srli_epi16::<5>(_mm256_and_si256(planes[k], top3));
+                    }
+                    let op5 = _mm256_or_si256(
+                        high[0],
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(planes[1], bits56)),
+                    );
+                    let op6 = _mm256_or_si256(
+                        _mm256_or_si256(
+                            high[2],
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(planes[1]), bit3),
+                        ),
+                        _mm256_and_si256(_mm256_srli_epi16::<3>(planes[4]), bit4),
+                    );
+                    let op7 = _mm256_or_si256(
+                        high[3],
+                        _mm256_srli_epi16::<2>(_mm256_and_si256(planes[4], bits56)),
+                    );
+                    let operands = [
+                        _mm256_and_si256(planes[0], low5),
+                        _mm256_and_si256(planes[1], low5),
+                        _mm256_and_si256(planes[2], low5),
+                        _mm256_and_si256(planes[3], low5),
+                        _mm256_and_si256(planes[4], low5),
+                        op5,
+                        op6,
+                        op7,
+                    ];
                     for i in 0..M {
-                        scaled[i] = _mm256_add_epi32(scaled[i], _mm256_mullo_epi32(dots[i], scale));
-                        let bsums = &acts[i][b].bsums;
-                        let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
-                        mins[i] = _mm256_add_epi32(
-                            mins[i],
-                            _mm256_mullo_epi32(min, _mm256_set1_epi32(bsum)),
+                        let a = &acts[i][b].qs;
+                        // 16-bit sums of four operands: 4 · 2 · 31 · 127 < 2^15.
+                        let mut sums = [zero; 2];
+                        for (v, operand) in operands.iter().enumerate() {
+                            let a4 = _mm256_set1_epi32(unsafe { broadcast4(a, 32 * s + 4 * v) });
+                            sums[v / 4] =
+                                _mm256_add_epi16(sums[v / 4], _mm256_maddubs_epi16(*operand, a4));
+                        }
+                        scaled[i] = _mm256_add_epi32(
+                            scaled[i],
+                            _mm256_add_epi32(
+                                _mm256_madd_epi16(sums[0], scale),
+                                _mm256_madd_epi16(sums[1], scale),
+                            ),
                         );
+                        let bsums = _mm256_set1_epi32(unsafe { bsum_pair(&acts[i][b], s) });
+                        mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
                 let d = _mm256_cvtph_ps(unsafe {

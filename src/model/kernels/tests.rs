@@ -117,15 +117,22 @@ fn check(ggml_type: GgmlType, rows: usize, cols: usize, m: usize, seed: u64) {
     let mut rng = Rng(seed | 1);
     let bytes = random_matrix(ggml_type, rows, cols, &mut rng);
     let x: Vec<f32> = (0..m * cols).map(|_| rng.unit() * 3.0).collect();
-    let Some(matrix) = QMatrix::new(ggml_type, &bytes, rows, cols) else {
+    check_matrix(ggml_type, &bytes, rows, cols, &x, seed);
+}
+
+/// Every tier's product of the `rows` × `cols` matrix `bytes` with the rows of `x`, against the
+/// reference and against each other (`seed` names the case in failures).
+fn check_matrix(ggml_type: GgmlType, bytes: &[u8], rows: usize, cols: usize, x: &[f32], seed: u64) {
+    let m = x.len() / cols;
+    let Some(matrix) = QMatrix::new(ggml_type, bytes, rows, cols) else {
         panic!("{ggml_type:?} {rows}x{cols} was not packed");
     };
-    let w = dequantized_weights(ggml_type, &bytes, rows, cols);
-    let a = dequantized_activations(ggml_type, &x);
+    let w = dequantized_weights(ggml_type, bytes, rows, cols);
+    let a = dequantized_activations(ggml_type, x);
     let mut results = Vec::new();
     for isa in Isa::supported() {
         let mut out = vec![f32::NAN; m * rows];
-        matrix.matmul_with(isa, &x, &mut out);
+        matrix.matmul_with(isa, x, &mut out);
         for i in 0..m {
             for j in 0..rows {
                 let (mut exact, mut magnitude) = (0f64, 0f64);
@@ -134,7 +141,7 @@ fn check(ggml_type: GgmlType, rows: usize, cols: usize, m: usize, seed: u64) {
                     exact += product;
                     magnitude += product.abs();
                 }
-                exact += min_term_rounding(ggml_type, &bytes, &x, i, j, cols);
+                exact += min_term_rounding(ggml_type, bytes, x, i, j, cols);
                 let got = f64::from(out[i * rows + j]);
                 assert!(
                     (got - exact).abs() <= 1e-5 * magnitude + 1e-6,
@@ -243,6 +250,43 @@ fn real_shapes_match_the_reference() {
         (GgmlType::Q6_K, 70),
     ] {
         check(ggml_type, 272, 1024, m, 42);
+    }
+}
+
+#[test]
+fn extreme_k_quant_blocks_match_the_reference() {
+    // The largest values and scales against full-scale activations of one sign and of
+    // alternating signs: where the 16-bit partial sums of the AVX2 kernels and the 16-bit scale
+    // products would overflow if their bounds were wrong.
+    let (rows, cols) = (32, 512);
+    let ones = vec![1.0f32; 3 * cols];
+    let alternating: Vec<f32> = (0..3 * cols)
+        .map(|k| if k % 2 == 0 { 1.0 } else { -1.0 })
+        .collect();
+    for (ggml_type, scale_bytes) in [
+        (GgmlType::Q4_K, 4..16),
+        (GgmlType::Q5_K, 4..16),
+        (GgmlType::Q6_K, 192..208),
+    ] {
+        let block_bytes = ggml_type.type_size() as usize;
+        for fill in [0x00, 0xFF] {
+            for scale in [0x80u8, 0x7F, 0xFF] {
+                let mut bytes = vec![fill; rows * cols / 256 * block_bytes];
+                for block in bytes.chunks_exact_mut(block_bytes) {
+                    block[scale_bytes.clone()].fill(scale);
+                    let d = half::f16::from_f32(1e-3).to_le_bytes();
+                    if ggml_type == GgmlType::Q6_K {
+                        block[208..210].copy_from_slice(&d);
+                    } else {
+                        block[0..2].copy_from_slice(&d);
+                        block[2..4].copy_from_slice(&d);
+                    }
+                }
+                for x in [&ones, &alternating] {
+                    check_matrix(ggml_type, &bytes, rows, cols, x, u64::from(fill ^ scale));
+                }
+            }
+        }
     }
 }
 
