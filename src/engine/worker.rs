@@ -4,7 +4,7 @@
 //!   Their prompts live in the *completion slot*, the cache the next keystroke reuses.
 //! - **Assist jobs** run when no completion waits, in an *assist slot* of their own (allocated on
 //!   first use, sized to the job, released after a while without assist work). Between two of
-//!   their tokens (or prefill chunks, sized to about [`SLICE`]) the worker serves every waiting
+//!   their tokens (or prefill chunks, sized to about [`ASSIST_SLICE`]) the worker serves every waiting
 //!   completion, then resumes: a completion waits at most one assist step, and finds its prefix
 //!   where it left it.
 //! - **Prefetches** (warm-up prefills, speculative suggestions, and the rest of a prefill its
@@ -22,9 +22,12 @@ use super::{Job, JobEvent, JobKind, JobResult, RUNNING, stop_cause};
 use crate::model::generate::{FinishReason, GenerationRequest, generate};
 use crate::model::{KvCache, LoadedModel, ModelError};
 
-/// How long a prefill chunk of yielding work (assist, prefetch) should take: the longest a
-/// completion waits for it.
-const SLICE: Duration = Duration::from_millis(50);
+/// How long a prefill chunk of an assist job should take: the longest a completion waits for it.
+const ASSIST_SLICE: Duration = Duration::from_millis(50);
+/// The same for prefetches. Longer, because their long prefills (a warm-up after opening a file)
+/// lose a quarter of their speed in 50 ms chunks (each forward call streams all the weights),
+/// and a completion that arrives meanwhile usually continues the same prompt.
+const PREFETCH_SLICE: Duration = Duration::from_millis(150);
 /// Completions waiting at once, from different documents (each document has at most one: a newer
 /// request supersedes the older). Beyond it the oldest is answered empty.
 pub const MAX_WAITING_COMPLETIONS: usize = 8;
@@ -145,7 +148,7 @@ impl Worker {
         match job.kind {
             JobKind::Completion => serve_completion(model, completion_slot, waiting, queue, job),
             JobKind::Prefetch => {
-                job.request.prefill_slice = Some(SLICE);
+                job.request.prefill_slice = Some(PREFETCH_SLICE);
                 let result = run_job(model, completion_slot, &job, &mut || {
                     let open = waiting.receive_ready(queue);
                     job.stop_cause().is_some() || !waiting.is_empty() || !open
@@ -153,7 +156,7 @@ impl Worker {
                 job.finish(result);
             }
             JobKind::Assist => {
-                job.request.prefill_slice = Some(SLICE);
+                job.request.prefill_slice = Some(ASSIST_SLICE);
                 let slot = match sized_assist_slot(model, assist_slot, &job.request) {
                     Ok(slot) => slot,
                     Err(error) => return job.finish(Err(error.to_string())),
