@@ -109,7 +109,7 @@ pub fn generate(
     };
 
     let mut logits = None;
-    let mut pace = PrefillPace::default();
+    let mut pace = cache.prefill_pace;
     let mut at = reused;
     while at < prompt.len() {
         if let Some(reason) = interrupted(request.deadline) {
@@ -135,6 +135,7 @@ pub fn generate(
         let began = Instant::now();
         logits = Some(model.llama.forward(&prompt[at..end], cache, false)?);
         pace.record(end - at, began.elapsed());
+        cache.prefill_pace = pace;
         at = end;
     }
     let prefill_end = Instant::now();
@@ -193,7 +194,7 @@ const DEADLINE_MARGIN: f64 = 0.75;
 const MIN_PREFILL_CHUNK: usize = 16;
 
 /// How fast prefill goes, to size chunks so that a deadline cuts between them in time.
-#[derive(Debug, Default)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct PrefillPace {
     /// Seconds per prompt token, from the chunks evaluated so far.
     seconds_per_token: Option<f64>,
@@ -201,7 +202,9 @@ pub struct PrefillPace {
 
 impl PrefillPace {
     pub fn record(&mut self, tokens: usize, took: Duration) {
-        if tokens > 0 {
+        // A keystroke's one or two tokens cost mostly the fixed part of a forward call (reading
+        // every weight): they say nothing about the pace of a chunk.
+        if tokens >= MIN_PREFILL_CHUNK {
             let pace = took.as_secs_f64() / tokens as f64;
             // Recent chunks count most (the cache grows, so later tokens cost a little more).
             self.seconds_per_token = Some(match self.seconds_per_token {
@@ -334,6 +337,11 @@ mod tests {
         let mut pace = PrefillPace::default();
         assert_eq!(pace.next_chunk(None, 1000), Some(PREFILL_CHUNK));
         // Unmeasured: a small probe first.
+        assert_eq!(
+            pace.next_chunk(Some(Duration::from_secs(1)), 1000),
+            Some(32)
+        );
+        pace.record(2, Duration::from_millis(40)); // a keystroke: not a prefill pace
         assert_eq!(
             pace.next_chunk(Some(Duration::from_secs(1)), 1000),
             Some(32)

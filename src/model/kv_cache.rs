@@ -115,6 +115,10 @@ pub struct KvCache {
     head_dim: usize,
     tokens: Vec<u32>,
     capacity: usize,
+    /// How fast prompts were evaluated into this cache lately: the next generation sizes its
+    /// first prefill chunk from it instead of probing again (a keystroke that finds the
+    /// prefill of an earlier request unfinished continues it in full-size chunks).
+    pub(crate) prefill_pace: super::generate::PrefillPace,
 }
 
 impl KvCache {
@@ -161,6 +165,7 @@ impl KvCache {
             head_dim: config.head_dim,
             tokens: Vec::with_capacity(capacity),
             capacity,
+            prefill_pace: Default::default(),
         })
     }
 
