@@ -28,7 +28,7 @@
 //! formats with a minimum, `Σ (q·d + m)·a = d·Σ q·a + m·Σ a`, in f32.
 
 use super::activations::ActQ8_0;
-use super::{Isa, MAX_M, TILE, f16_bits, f16_to_f32};
+use super::{Isa, MAX_M, TILE, Tiles, f16_bits, f16_to_f32};
 
 const BLOCK: usize = 32;
 /// Bytes of the fifth-bit plane of a Q5 tile block.
@@ -54,9 +54,7 @@ struct TileBlock<const QH: usize, const MN: usize> {
 }
 
 pub struct Packed<const QH: usize, const MN: usize> {
-    /// `[tile][block]`.
-    blocks: Vec<TileBlock<QH, MN>>,
-    blocks_per_row: usize,
+    tiles: Tiles<TileBlock<QH, MN>>,
 }
 
 /// Moves bit `v` (0..8, a constant once the loops unroll) of every byte of `hb` to bit 4, with
@@ -84,21 +82,19 @@ impl<const QH: usize, const MN: usize> Packed<QH, MN> {
     const OFFSET: i32 = if QH == 0 { 8 } else { 16 };
 
     pub fn new(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        let blocks_per_row = cols / BLOCK;
-        let tiles = rows.div_ceil(TILE);
         let empty = TileBlock {
             qs: [0; BLOCK / 2 * TILE],
             qh: [0; QH],
             d: [0; TILE],
             m: [0; MN],
         };
-        let mut blocks = vec![empty; tiles * blocks_per_row];
-        for row in 0..rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..blocks_per_row {
-                let raw = bytes.get((row * blocks_per_row + b) * Self::BLOCK_BYTES..)?;
-                let raw = raw.get(..Self::BLOCK_BYTES)?;
-                let packed = &mut blocks[tile * blocks_per_row + b];
+        let tiles = Tiles::pack(
+            bytes,
+            rows,
+            cols / BLOCK,
+            Self::BLOCK_BYTES,
+            empty,
+            |raw, r, packed| {
                 packed.d[r] = f16_bits(raw, 0);
                 if MN != 0 {
                     packed.m[r] = f16_bits(raw, 2);
@@ -129,16 +125,10 @@ impl<const QH: usize, const MN: usize> Packed<QH, MN> {
                         }
                     }
                 }
-            }
-        }
-        Some(Self {
-            blocks,
-            blocks_per_row,
-        })
-    }
-
-    fn tile_blocks(&self, tile: usize) -> &[TileBlock<QH, MN>] {
-        &self.blocks[tile * self.blocks_per_row..(tile + 1) * self.blocks_per_row]
+                Some(())
+            },
+        )?;
+        Some(Self { tiles })
     }
 }
 
@@ -146,31 +136,16 @@ impl<const QH: usize, const MN: usize> super::Packed for Packed<QH, MN> {
     type Act = ActQ8_0;
 
     fn tile(&self, isa: Isa, tile: usize, acts: &[&[ActQ8_0]], out: &mut [[f32; TILE]; MAX_M]) {
-        let blocks = self.tile_blocks(tile);
+        let blocks = self.tiles.tile(tile);
         let offset = Self::OFFSET;
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has these features.
-            Isa::Avx512Vnni => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx512::<QH, MN, 1>(blocks, offset, acts, out),
-                    2 => x86::tile_avx512::<QH, MN, 2>(blocks, offset, acts, out),
-                    3 => x86::tile_avx512::<QH, MN, 3>(blocks, offset, acts, out),
-                    _ => x86::tile_avx512::<QH, MN, 4>(blocks, offset, acts, out),
-                }
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-            Isa::Avx2 => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx2::<QH, MN, 1>(blocks, offset, acts, out),
-                    2 => x86::tile_avx2::<QH, MN, 2>(blocks, offset, acts, out),
-                    3 => x86::tile_avx2::<QH, MN, 3>(blocks, offset, acts, out),
-                    _ => x86::tile_avx2::<QH, MN, 4>(blocks, offset, acts, out),
-                }
-            },
-            _ => tile_portable(blocks, offset, acts, out),
-        }
+        dispatch_tile!(
+            isa,
+            acts.len(),
+            M,
+            x86::tile_avx512::<QH, MN, M>(blocks, offset, acts, out),
+            x86::tile_avx2::<QH, MN, M>(blocks, offset, acts, out),
+            tile_portable(blocks, offset, acts, out)
+        )
     }
 }
 

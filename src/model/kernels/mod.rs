@@ -15,6 +15,59 @@
 //!
 //! Types without a kernel here stay on candle's quantized matmul ([`QMatrix::new`] says `None`).
 
+/// Runs a tile kernel on the tier `isa`, with the activation count (1 to [`MAX_M`]) as the
+/// const `$m` the calls name: `dispatch_tile!(isa, acts.len(), M, avx512_call, avx2_call,
+/// portable_call)`.
+macro_rules! dispatch_tile {
+    ($isa:expr, $count:expr, $m:ident, $avx512:expr, $avx2:expr, $portable:expr) => {
+        match $isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Vnni => match $count {
+                // SAFETY (every arm): `Isa::Avx512Vnni` is only chosen when the CPU has these
+                // features.
+                1 => unsafe {
+                    const $m: usize = 1;
+                    $avx512
+                },
+                2 => unsafe {
+                    const $m: usize = 2;
+                    $avx512
+                },
+                3 => unsafe {
+                    const $m: usize = 3;
+                    $avx512
+                },
+                _ => unsafe {
+                    const $m: usize = 4;
+                    $avx512
+                },
+            },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => match $count {
+                // SAFETY (every arm): `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and
+                // F16C.
+                1 => unsafe {
+                    const $m: usize = 1;
+                    $avx2
+                },
+                2 => unsafe {
+                    const $m: usize = 2;
+                    $avx2
+                },
+                3 => unsafe {
+                    const $m: usize = 3;
+                    $avx2
+                },
+                _ => unsafe {
+                    const $m: usize = 4;
+                    $avx2
+                },
+            },
+            _ => $portable,
+        }
+    };
+}
+
 mod activations;
 mod legacy;
 mod q4k;
@@ -108,6 +161,45 @@ enum Weights {
 }
 
 /// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
+/// Repacked weight blocks, `[tile][block]`: the blocks of a tile of [`TILE`] rows lie together,
+/// in input order, so a tile streams front to back.
+struct Tiles<B> {
+    blocks: Vec<B>,
+    blocks_per_row: usize,
+}
+
+impl<B: Clone> Tiles<B> {
+    /// Repacks `rows` rows of `blocks_per_row` file blocks of `block_bytes` each:
+    /// `pack(raw, r, block)` writes a file block of row `r` (within its tile) into the tile's
+    /// block, which starts as `empty`. `None` when `bytes` is short or `pack` says so.
+    fn pack(
+        bytes: &[u8],
+        rows: usize,
+        blocks_per_row: usize,
+        block_bytes: usize,
+        empty: B,
+        mut pack: impl FnMut(&[u8], usize, &mut B) -> Option<()>,
+    ) -> Option<Self> {
+        let mut blocks = vec![empty; rows.div_ceil(TILE) * blocks_per_row];
+        for row in 0..rows {
+            let (tile, r) = (row / TILE, row % TILE);
+            for b in 0..blocks_per_row {
+                let at = (row * blocks_per_row + b) * block_bytes;
+                let raw = bytes.get(at..)?.get(..block_bytes)?;
+                pack(raw, r, &mut blocks[tile * blocks_per_row + b])?;
+            }
+        }
+        Some(Self {
+            blocks,
+            blocks_per_row,
+        })
+    }
+
+    fn tile(&self, tile: usize) -> &[B] {
+        &self.blocks[tile * self.blocks_per_row..(tile + 1) * self.blocks_per_row]
+    }
+}
+
 trait Packed: Sync {
     type Act: activations::ActBlock;
     /// `out[i][r]` = dot product of output row `tile * TILE + r` with activation row `acts[i]`.

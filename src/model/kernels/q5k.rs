@@ -27,7 +27,7 @@
 
 use super::activations::ActQ8K;
 use super::q4k::{accumulate, scale_min};
-use super::{Isa, MAX_M, TILE, f16_bits, f16_to_f32};
+use super::{Isa, MAX_M, TILE, Tiles, f16_bits, f16_to_f32};
 
 const SUPER: usize = 256;
 const SUBS: usize = 8;
@@ -49,9 +49,7 @@ struct TileBlock {
 }
 
 pub struct Packed {
-    /// `[tile][super-block]`.
-    blocks: Vec<TileBlock>,
-    blocks_per_row: usize,
+    tiles: Tiles<TileBlock>,
 }
 
 impl TileBlock {
@@ -88,21 +86,19 @@ impl TileBlock {
 
 impl Packed {
     pub fn new(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        let blocks_per_row = cols / SUPER;
-        let tiles = rows.div_ceil(TILE);
         let empty = TileBlock {
             scale_min: [0; SUBS * TILE * 2],
             d: [0; TILE],
             dmin: [0; TILE],
             planes: [0; SUBS * PLANES],
         };
-        let mut blocks = vec![empty; tiles * blocks_per_row];
-        for row in 0..rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..blocks_per_row {
-                let raw = bytes.get((row * blocks_per_row + b) * BLOCK_BYTES..)?;
-                let raw = raw.get(..BLOCK_BYTES)?;
-                let packed = &mut blocks[tile * blocks_per_row + b];
+        let tiles = Tiles::pack(
+            bytes,
+            rows,
+            cols / SUPER,
+            BLOCK_BYTES,
+            empty,
+            |raw, r, packed| {
                 packed.d[r] = f16_bits(raw, 0);
                 packed.dmin[r] = f16_bits(raw, 2);
                 let (qh, qs) = (&raw[16..48], &raw[48..]);
@@ -121,16 +117,10 @@ impl Packed {
                         packed.set_values(s, r, j, q);
                     }
                 }
-            }
-        }
-        Some(Self {
-            blocks,
-            blocks_per_row,
-        })
-    }
-
-    fn tile_blocks(&self, tile: usize) -> &[TileBlock] {
-        &self.blocks[tile * self.blocks_per_row..(tile + 1) * self.blocks_per_row]
+                Some(())
+            },
+        )?;
+        Some(Self { tiles })
     }
 }
 
@@ -138,30 +128,15 @@ impl super::Packed for Packed {
     type Act = ActQ8K;
 
     fn tile(&self, isa: Isa, tile: usize, acts: &[&[ActQ8K]], out: &mut [[f32; TILE]; MAX_M]) {
-        let blocks = self.tile_blocks(tile);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has these features.
-            Isa::Avx512Vnni => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx512::<1>(blocks, acts, out),
-                    2 => x86::tile_avx512::<2>(blocks, acts, out),
-                    3 => x86::tile_avx512::<3>(blocks, acts, out),
-                    _ => x86::tile_avx512::<4>(blocks, acts, out),
-                }
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-            Isa::Avx2 => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx2::<1>(blocks, acts, out),
-                    2 => x86::tile_avx2::<2>(blocks, acts, out),
-                    3 => x86::tile_avx2::<3>(blocks, acts, out),
-                    _ => x86::tile_avx2::<4>(blocks, acts, out),
-                }
-            },
-            _ => tile_portable(blocks, acts, out),
-        }
+        let blocks = self.tiles.tile(tile);
+        dispatch_tile!(
+            isa,
+            acts.len(),
+            M,
+            x86::tile_avx512::<M>(blocks, acts, out),
+            x86::tile_avx2::<M>(blocks, acts, out),
+            tile_portable(blocks, acts, out)
+        )
     }
 }
 

@@ -5,7 +5,7 @@
 //! `Σ (w + 128)·a = Σ w·a + 128·Σ a`, and `Σ a` comes with the activation block.
 
 use super::activations::ActQ8_0;
-use super::{Isa, MAX_M, TILE, f16_bits, f16_to_f32};
+use super::{Isa, MAX_M, TILE, Tiles, f16_bits, f16_to_f32};
 
 const BLOCK: usize = 32;
 const BLOCK_BYTES: usize = 34;
@@ -18,39 +18,30 @@ struct TileBlock {
 }
 
 pub struct Packed {
-    /// `[tile][block]`.
-    blocks: Vec<TileBlock>,
-    blocks_per_row: usize,
+    tiles: Tiles<TileBlock>,
 }
 
 impl Packed {
     pub fn new(bytes: &[u8], rows: usize, cols: usize) -> Option<Self> {
-        let blocks_per_row = cols / BLOCK;
-        let tiles = rows.div_ceil(TILE);
         let empty = TileBlock {
             qs: [128; BLOCK * TILE],
             d: [0; TILE],
         };
-        let mut blocks = vec![empty; tiles * blocks_per_row];
-        for row in 0..rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..blocks_per_row {
-                let raw = bytes.get((row * blocks_per_row + b) * BLOCK_BYTES..)?;
-                let packed = &mut blocks[tile * blocks_per_row + b];
+        let tiles = Tiles::pack(
+            bytes,
+            rows,
+            cols / BLOCK,
+            BLOCK_BYTES,
+            empty,
+            |raw, r, packed| {
                 packed.d[r] = f16_bits(raw, 0);
                 for (k, &q) in raw.get(2..2 + BLOCK)?.iter().enumerate() {
                     packed.qs[(k / 4 * TILE + r) * 4 + k % 4] = (q as i8 as i16 + 128) as u8;
                 }
-            }
-        }
-        Some(Self {
-            blocks,
-            blocks_per_row,
-        })
-    }
-
-    fn tile_blocks(&self, tile: usize) -> &[TileBlock] {
-        &self.blocks[tile * self.blocks_per_row..(tile + 1) * self.blocks_per_row]
+                Some(())
+            },
+        )?;
+        Some(Self { tiles })
     }
 }
 
@@ -58,30 +49,15 @@ impl super::Packed for Packed {
     type Act = ActQ8_0;
 
     fn tile(&self, isa: Isa, tile: usize, acts: &[&[ActQ8_0]], out: &mut [[f32; TILE]; MAX_M]) {
-        let blocks = self.tile_blocks(tile);
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx512Vnni` is only chosen when the CPU has these features.
-            Isa::Avx512Vnni => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx512::<1>(blocks, acts, out),
-                    2 => x86::tile_avx512::<2>(blocks, acts, out),
-                    3 => x86::tile_avx512::<3>(blocks, acts, out),
-                    _ => x86::tile_avx512::<4>(blocks, acts, out),
-                }
-            },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-            Isa::Avx2 => unsafe {
-                match acts.len() {
-                    1 => x86::tile_avx2::<1>(blocks, acts, out),
-                    2 => x86::tile_avx2::<2>(blocks, acts, out),
-                    3 => x86::tile_avx2::<3>(blocks, acts, out),
-                    _ => x86::tile_avx2::<4>(blocks, acts, out),
-                }
-            },
-            _ => tile_portable(blocks, acts, out),
-        }
+        let blocks = self.tiles.tile(tile);
+        dispatch_tile!(
+            isa,
+            acts.len(),
+            M,
+            x86::tile_avx512::<M>(blocks, acts, out),
+            x86::tile_avx2::<M>(blocks, acts, out),
+            tile_portable(blocks, acts, out)
+        )
     }
 }
 
