@@ -4,9 +4,9 @@
 //!   Their prompts live in the *completion slot*, the cache the next keystroke reuses.
 //! - **Assist jobs** run when no completion waits, in an *assist slot* of their own (allocated on
 //!   first use, sized to the job, released after a while without assist work). Between two of
-//!   their tokens (or prefill chunks, sized to about [`ASSIST_SLICE`]) the worker serves every waiting
-//!   completion, then resumes: a completion waits at most one assist step, and finds its prefix
-//!   where it left it.
+//!   their tokens (or prefill chunks, sized to about [`ASSIST_SLICE`]) the worker serves every
+//!   waiting completion, then resumes: a completion waits at most one assist step, and finds its
+//!   prefix where it left it.
 //! - **Prefetches** (warm-up prefills, speculative suggestions, and the rest of a prefill its
 //!   deadline cut) run only when nothing else waits, in the completion slot, and stop the moment
 //!   any job arrives. Only the newest is kept.
