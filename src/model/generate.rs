@@ -362,6 +362,32 @@ mod tests {
         assert_eq!(pace.chunk_taking(ms(10_000)), PREFILL_CHUNK);
     }
 
+    /// The next generation in a cache sizes its first chunk from the pace measured before, so a
+    /// keystroke that continues an unfinished prefill does not start with a small probe again.
+    #[test]
+    fn a_cache_keeps_its_prefill_pace_for_the_next_generation() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(crate::fixtures::Variant::F16.file_name());
+        let model = LoadedModel::load(&path, &candle_core::Device::Cpu, Some(512)).unwrap();
+        let mut cache = model.llama.new_cache().unwrap();
+        assert!(cache.prefill_pace.seconds_per_token.is_none());
+        let mut prompt: Vec<u32> = (0..40).map(|i| 300 + i).collect();
+        let request = |prompt: &[u32]| GenerationRequest {
+            prompt: prompt.to_vec(),
+            max_new_tokens: 1,
+            deadline: Some(Instant::now() + Duration::from_secs(600)),
+            ..GenerationRequest::default()
+        };
+        generate(&model, &mut cache, &request(&prompt), &mut || false, &mut |_| {}).unwrap();
+        let measured = cache.prefill_pace.seconds_per_token;
+        assert!(measured.is_some());
+        // A keystroke's token or two are no chunk: the pace stays what it was.
+        prompt.push(262);
+        generate(&model, &mut cache, &request(&prompt), &mut || false, &mut |_| {}).unwrap();
+        assert_eq!(cache.prefill_pace.seconds_per_token, measured);
+    }
+
     #[test]
     fn stop_strings_are_found_across_the_emitted_border() {
         let stops = vec!["\n\n".to_owned(), "```".to_owned()];
