@@ -150,7 +150,11 @@ fn tile<T: KvElement>(
             for (d, &k) in s.row.iter().enumerate() {
                 s.kt[d * KEYS + j] = k;
             }
-            T::widen(isa, &mut s.v[j * padded..][..head_dim], &values[at..at + head_dim]);
+            T::widen(
+                isa,
+                &mut s.v[j * padded..][..head_dim],
+                &values[at..at + head_dim],
+            );
         }
         scores(isa, &s.q, head_dim, &s.kt, &mut s.p);
         for r in 0..n {
@@ -164,7 +168,7 @@ fn tile<T: KvElement>(
                 p.fill(0.0);
                 continue;
             }
-            let block_max = p[..limit].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let block_max = max_of(isa, &p[..limit]);
             let max = s.max[r].max(block_max);
             // The first block has no earlier sum to rescale: e^-inf = 0.
             let rescale = (s.max[r] - max).exp();
@@ -207,6 +211,16 @@ fn exp_shifted(isa: Isa, scores: &mut [f32], max: f32) -> f32 {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { super::avx2::exp_shifted(scores, max) },
+    }
+}
+
+/// The largest of `x` (a sequential fold would be a chain of dependent maxima).
+fn max_of(isa: Isa, x: &[f32]) -> f32 {
+    match isa {
+        Isa::Portable => x.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `exp_shifted`.
+        Isa::Avx2 => unsafe { avx2::max_of(x) },
     }
 }
 
@@ -258,6 +272,29 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{KEYS, ROWS};
+
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn max_of(x: &[f32]) -> f32 {
+        let full = x.len() - x.len() % 8;
+        let mut lanes = [f32::NEG_INFINITY; 8];
+        // SAFETY: every load reads 8 elements at an offset below `full <= x.len()`.
+        unsafe {
+            let mut acc = _mm256_set1_ps(f32::NEG_INFINITY);
+            let mut at = 0;
+            while at < full {
+                acc = _mm256_max_ps(acc, _mm256_loadu_ps(x.as_ptr().add(at)));
+                at += 8;
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        }
+        lanes
+            .iter()
+            .chain(&x[full..])
+            .copied()
+            .fold(f32::NEG_INFINITY, f32::max)
+    }
 
     /// [`super::scores`]: tiles of `R` query vectors × 16 keys in 2R registers, so each key
     /// load serves `R` vectors and each query broadcast 16 keys.
