@@ -76,6 +76,8 @@ pub trait KvElement: Copy + Send + Sync + 'static {
     fn dot(isa: Isa, q: &[f32], k: &[Self]) -> f32;
     /// `out[t] += w · v[t]` over the shorter of the two.
     fn add_scaled(isa: Isa, out: &mut [f32], w: f32, v: &[Self]);
+    /// `out[t] = v[t]` as f32, over the shorter of the two.
+    fn widen(isa: Isa, out: &mut [f32], v: &[Self]);
 }
 
 impl KvElement for f32 {
@@ -96,6 +98,11 @@ impl KvElement for f32 {
             Isa::Avx2 => unsafe { avx2::add_scaled_f32(out, w, v) },
         }
     }
+
+    fn widen(_: Isa, out: &mut [f32], v: &[f32]) {
+        let n = out.len().min(v.len());
+        out[..n].copy_from_slice(&v[..n]);
+    }
 }
 
 impl KvElement for f16 {
@@ -114,6 +121,19 @@ impl KvElement for f16 {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { avx2::add_scaled_f16(out, w, v) },
+        }
+    }
+
+    fn widen(isa: Isa, out: &mut [f32], v: &[f16]) {
+        match isa {
+            Isa::Portable => {
+                for (out, &v) in out.iter_mut().zip(v) {
+                    *out = v.to_f32();
+                }
+            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { avx2::widen_f16(out, v) },
         }
     }
 }
@@ -157,6 +177,10 @@ pub fn attend_with<T: KvElement>(
     );
     let chunk = shape.group * shape.head_dim;
     if chunk == 0 || shape.seq == 0 {
+        return;
+    }
+    if shape.seq > 1 {
+        blocked::attend(isa, queries, keys, values, shape, out);
         return;
     }
     // One task per (query row, key head): it writes that key head's `group` output heads of that
@@ -427,6 +451,26 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn widen_f16(out: &mut [f32], v: &[f16]) {
+        let n = out.len().min(v.len());
+        let full = n - n % 8;
+        // SAFETY: every access covers 8 elements at an offset below `full <= n`.
+        unsafe {
+            let mut at = 0;
+            while at < full {
+                let vv = _mm256_cvtph_ps(_mm_loadu_si128(v.as_ptr().add(at).cast()));
+                _mm256_storeu_ps(out.as_mut_ptr().add(at), vv);
+                at += 8;
+            }
+        }
+        for (out, &v) in out[full..n].iter_mut().zip(&v[full..n]) {
+            *out = v.to_f32();
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn add_scaled_f32(out: &mut [f32], w: f32, v: &[f32]) {
         let n = out.len().min(v.len());
         let full = n - n % 8;
@@ -446,6 +490,8 @@ mod avx2 {
         }
     }
 }
+
+mod blocked;
 
 #[cfg(test)]
 mod tests;

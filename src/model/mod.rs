@@ -3,7 +3,7 @@
 //! Everything here is synchronous and owned by the engine's worker thread; nothing here knows
 //! about LSP or documents.
 
-mod attention;
+pub mod attention;
 mod config;
 pub mod device;
 pub mod generate;

@@ -220,3 +220,26 @@ fn large_scores_do_not_overflow_the_softmax() {
         assert!(out.iter().all(|&y| (y - 1.0).abs() < 1e-6), "{out:?}");
     }
 }
+
+/// Chunks of many rows: several row tiles per task and key blocks, partial at both ends, with
+/// odd head sizes, group 1 and 4, from the start and after cached positions.
+#[test]
+fn prefill_chunks_tile_rows_and_keys() {
+    for (head_dim, group, start, seq) in [
+        (64, 4, 0, 70),
+        (64, 1, 37, 65),
+        (7, 4, 95, 33),
+        (80, 1, 0, 2),
+        (16, 3, 31, 17),
+    ] {
+        let shape = AttentionShape {
+            kv_heads: 2,
+            group,
+            head_dim,
+            start,
+            seq,
+            capacity: start + seq + 3,
+        };
+        check((head_dim * 1000 + start * 10 + seq) as u64, shape).unwrap();
+    }
+}
