@@ -21,8 +21,8 @@ M.defaults = {
   -- server still runs on the single file.
   root_markers = { ".git", ".hg", ".jj", ".svn" },
   -- The server's own settings (model, device, kvType, maxTokens, contextTokens, temperature,
-  -- fimOrder, prefixShare, deadlineMs, firstAnswerMs, workspaceContext, backend, tokenizer). Only keys set here are sent,
-  -- so the server's defaults apply to the rest.
+  -- fimOrder, prefixShare, deadlineMs, firstAnswerMs, workspaceContext, backend, tokenizer).
+  -- Only keys set here are sent, so the server's defaults apply to the rest.
   settings = {},
   -- Extra environment for the server process (e.g. { HF_HUB_OFFLINE = "1" }).
   cmd_env = nil,
