@@ -220,6 +220,21 @@ mod tests {
         assert_eq!(settings.max_tokens, 64);
     }
 
+    /// `firstAnswerMs` 0 turns first words off (a valid value, unlike `deadlineMs` 0); beyond
+    /// ten minutes it is refused by name.
+    #[test]
+    fn first_answer_ms_may_be_zero_and_is_bounded() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.first_answer_ms, 100);
+        let off = SettingsLayer::from_json(&json!({"firstAnswerMs": 0})).unwrap();
+        settings.apply(&off).unwrap();
+        assert_eq!(settings.first_answer_ms, 0);
+        let huge = SettingsLayer::from_json(&json!({"firstAnswerMs": 600_001})).unwrap();
+        let error = settings.apply(&huge).unwrap_err();
+        assert!(error.contains("firstAnswerMs"), "{error}");
+        assert_eq!(settings.first_answer_ms, 0);
+    }
+
     #[test]
     fn invalid_values_are_refused_and_nothing_changes() {
         let mut settings = Settings::default();

@@ -253,22 +253,27 @@ fn attend_one<T: KvElement>(
     }
 }
 
-/// In place, in f32, after subtracting the maximum.
-fn softmax(isa: Isa, scores: &mut [f32]) {
-    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum = match isa {
+/// Replaces every score `x` by `e^(x - max)` and returns their sum.
+fn exp_shifted(isa: Isa, scores: &mut [f32], max: f32) -> f32 {
+    match isa {
         Isa::Portable => {
             let mut sum = 0.0;
-            for score in scores.iter_mut() {
-                *score = (*score - max).exp();
-                sum += *score;
+            for x in scores.iter_mut() {
+                *x = (*x - max).exp();
+                sum += *x;
             }
             sum
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { avx2::exp_shifted(scores, max) },
-    };
+    }
+}
+
+/// In place, in f32, after subtracting the maximum.
+fn softmax(isa: Isa, scores: &mut [f32]) {
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum = exp_shifted(isa, scores, max);
     let inverse = 1.0 / sum;
     for score in scores.iter_mut() {
         *score *= inverse;

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, Isa, KvElement, PARALLEL_WORK};
+use super::{AttentionShape, Isa, KvElement, PARALLEL_WORK, exp_shifted};
 
 /// Keys per block (a multiple of 16, the AVX2 tile's width).
 const KEYS: usize = 32;
@@ -195,23 +195,6 @@ fn tile<T: KvElement>(
 fn reset(buffer: &mut Vec<f32>, len: usize, value: f32) {
     buffer.clear();
     buffer.resize(len, value);
-}
-
-/// Replaces every score `x` by `e^(x - max)` and returns their sum.
-fn exp_shifted(isa: Isa, scores: &mut [f32], max: f32) -> f32 {
-    match isa {
-        Isa::Portable => {
-            let mut sum = 0.0;
-            for x in scores.iter_mut() {
-                *x = (*x - max).exp();
-                sum += *x;
-            }
-            sum
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Isa::Avx2` is only chosen when the CPU has AVX2, FMA and F16C.
-        Isa::Avx2 => unsafe { super::avx2::exp_shifted(scores, max) },
-    }
 }
 
 /// The largest of `x` (a sequential fold would be a chain of dependent maxima).
