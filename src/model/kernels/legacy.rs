@@ -205,12 +205,9 @@ fn tile_portable<const QH: usize, const MN: usize>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ActQ8_0, BLOCK, MAX_M, TILE, TileBlock};
+    use super::super::x86_shared::broadcast4;
 
-    #[inline(always)]
-    unsafe fn broadcast4(qs: &[i8; BLOCK], at: usize) -> i32 {
-        unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
-    }
+    use super::{ActQ8_0, BLOCK, MAX_M, TILE, TileBlock};
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) unsafe fn tile_avx512<const QH: usize, const MN: usize, const M: usize>(

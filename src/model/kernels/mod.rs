@@ -68,6 +68,31 @@ macro_rules! dispatch_tile {
     };
 }
 
+/// Loads that the x86 tiers of every format share.
+#[cfg(target_arch = "x86_64")]
+mod x86_shared {
+    use super::ActQ8K;
+
+    /// Four activation values from `at` as one 32-bit lane, to broadcast against weights whose
+    /// inputs are interleaved four at a time.
+    ///
+    /// # Safety
+    /// `at + 4 <= qs.len()`.
+    #[inline(always)]
+    pub(super) unsafe fn broadcast4(qs: &[i8], at: usize) -> i32 {
+        unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
+    }
+
+    /// The block sums (of 16 values each) `2i` and `2i + 1` as one 32-bit lane, low one first.
+    ///
+    /// # Safety
+    /// `i < 8`.
+    #[inline(always)]
+    pub(super) unsafe fn bsum_pair(act: &ActQ8K, i: usize) -> i32 {
+        unsafe { std::ptr::read_unaligned(act.bsums.as_ptr().add(2 * i).cast::<i32>()) }
+    }
+}
+
 mod activations;
 mod legacy;
 mod q4k;

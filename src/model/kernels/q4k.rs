@@ -153,12 +153,9 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{ActQ8K, MAX_M, SUBS, TILE, TileBlock};
+    use super::super::x86_shared::broadcast4;
 
-    #[inline(always)]
-    unsafe fn broadcast4(qs: &[i8; 256], at: usize) -> i32 {
-        unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
-    }
+    use super::{ActQ8K, MAX_M, SUBS, TILE, TileBlock};
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) unsafe fn tile_avx512<const M: usize>(

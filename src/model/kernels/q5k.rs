@@ -208,18 +208,9 @@ mod tests {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::x86_shared::{broadcast4, bsum_pair};
+
     use super::{ActQ8K, MAX_M, OPERAND, PLANES, SUBS, TILE, TileBlock};
-
-    #[inline(always)]
-    unsafe fn broadcast4(qs: &[i8; 256], at: usize) -> i32 {
-        unsafe { std::ptr::read_unaligned(qs.as_ptr().add(at).cast::<i32>()) }
-    }
-
-    /// The activation block's sums of 16 of sub-block `s` (of 32), as one 32-bit lane.
-    #[inline(always)]
-    unsafe fn bsum_pair(act: &ActQ8K, s: usize) -> i32 {
-        unsafe { std::ptr::read_unaligned(act.bsums.as_ptr().add(2 * s).cast::<i32>()) }
-    }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
     pub(super) unsafe fn tile_avx512<const M: usize>(
