@@ -482,8 +482,10 @@ impl Llama {
                 ),
             });
         }
-        let logits = self
-            .forward_inner(tokens, start, cache, all_logits)
+        // The pass runs on a worker of the CPU pool, so that each of its ~10 parallel regions a
+        // layer starts on a thread that takes part in it: from any other thread, every region
+        // would be handed to the pool and waited for, two thread wake-ups each.
+        let logits = rayon::scope(|_| self.forward_inner(tokens, start, cache, all_logits))
             .map_err(|error| ModelError::candle("forward pass", error))?;
         cache.extend(tokens);
         Ok(logits)
@@ -550,20 +552,20 @@ impl Llama {
         let c = &self.config;
         let seq = x.dim(0)?;
         let group = c.head_count / c.head_count_kv;
-        let heads = |projection: &Linear, count: usize| -> candle_core::Result<Tensor> {
-            projection
-                .forward(x)?
+        // One pass for the three projections: the input is quantized once and the kernels
+        // share one parallel region.
+        let [q, k, v] = Linear::forward_many([&layer.wq, &layer.wk, &layer.wv], x)?;
+        let heads = |projected: Tensor, count: usize| -> candle_core::Result<Tensor> {
+            projected
                 .reshape((1, seq, count, c.head_dim))?
                 .transpose(1, 2)?
                 .contiguous()
         };
-        let q = self
-            .rotations
-            .apply(&heads(&layer.wq, c.head_count)?, start, c)?;
+        let q = self.rotations.apply(&heads(q, c.head_count)?, start, c)?;
         let k = self
             .rotations
-            .apply(&heads(&layer.wk, c.head_count_kv)?, start, c)?;
-        let v = heads(&layer.wv, c.head_count_kv)?;
+            .apply(&heads(k, c.head_count_kv)?, start, c)?;
+        let v = heads(v, c.head_count_kv)?;
         cache.write(index, start, &k.squeeze(0)?, &v.squeeze(0)?)?;
         let shape = AttentionShape {
             kv_heads: c.head_count_kv,

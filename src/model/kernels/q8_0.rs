@@ -43,6 +43,12 @@ impl Packed {
         )?;
         Some(Self { tiles })
     }
+
+    /// Where the tiles lie in memory.
+    #[cfg(test)]
+    pub(super) fn address(&self) -> usize {
+        self.tiles.blocks.as_ptr() as usize
+    }
 }
 
 impl super::Packed for Packed {

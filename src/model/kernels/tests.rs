@@ -344,3 +344,48 @@ fn products_run_together_equal_products_run_alone() {
         assert_eq!(&alone, together);
     }
 }
+
+/// The repacked weights ask for huge pages: the mapping that holds a large matrix's tiles is
+/// marked for them (`hg` in its smaps flags), whether or not the kernel could supply them yet.
+#[cfg(target_os = "linux")]
+#[test]
+fn repacked_weights_are_advised_onto_huge_pages() {
+    let enabled = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled");
+    if !enabled.is_ok_and(|mode| mode.contains("[madvise]") || mode.contains("[always]")) {
+        eprintln!("skipped: transparent huge pages are off or absent on this kernel");
+        return;
+    }
+    // 1024 × 4096 Q8_0 weights: 4.5 MiB of tiles.
+    let (rows, cols) = (1024, 4096);
+    let bytes = random_matrix(GgmlType::Q8_0, rows, cols, &mut Rng(7));
+    let matrix = QMatrix::new(GgmlType::Q8_0, &bytes, rows, cols).expect("a Q8_0 kernel");
+    let super::Weights::Q8_0(packed) = &matrix.weights else {
+        panic!("Q8_0 weights");
+    };
+    // The middle of the tiles: the advice covers whole pages, so the allocation's first and
+    // last page, which it shares with the allocator's bookkeeping, may lie outside it.
+    let at = packed.address() + (2 << 20);
+    let smaps = std::fs::read_to_string("/proc/self/smaps").expect("smaps");
+    let mut inside = false;
+    for line in smaps.lines() {
+        let range = line
+            .split_whitespace()
+            .next()
+            .and_then(|r| r.split_once('-'));
+        if let Some((start, end)) = range
+            && let (Ok(start), Ok(end)) = (
+                usize::from_str_radix(start, 16),
+                usize::from_str_radix(end, 16),
+            )
+        {
+            inside = (start..end).contains(&at);
+        } else if inside && let Some(flags) = line.strip_prefix("VmFlags:") {
+            assert!(
+                flags.split_whitespace().any(|flag| flag == "hg"),
+                "the tiles' mapping lacks the huge-page advice: {flags}"
+            );
+            return;
+        }
+    }
+    panic!("no mapping in /proc/self/smaps holds the tiles at {at:#x}");
+}
