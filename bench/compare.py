@@ -76,29 +76,9 @@ def llama_server_binary(args):
         return args.llama_server
     if os.environ.get("LLAMA_SERVER"):
         return os.environ["LLAMA_SERVER"]
-    script = "../shared/tools/setup-llama-server.sh"
-    env = dict(os.environ)
-    if not cpu_has("avx512f"):
-        # The shared script turns AVX-512 on, and such a build dies of SIGILL on a CPU without
-        # it: build from a copy with it off, in a directory of its own.
-        with open(script) as f:
-            text = f.read()
-        script = os.path.join(args.models_dir, "setup-llama-server-no-avx512.sh")
-        with open(script, "w") as f:
-            f.write(text.replace("-DGGML_AVX512=ON", "-DGGML_AVX512=OFF"))
-        env.setdefault("LLAMA_SERVER_HOME",
-                       os.path.expanduser("~/.cache/codellama-lsp-tools/llama-server-no-avx512"))
-    log(f"building llama-server ({script}; ~10 min the first time)")
-    out = run(["bash", script], stdout=subprocess.PIPE, env=env).stdout
+    log("building llama-server (bench/llama-server.sh; ~10 min the first time)")
+    out = run(["bash", "bench/llama-server.sh"], stdout=subprocess.PIPE).stdout
     return out.strip().splitlines()[-1]
-
-
-def cpu_has(flag):
-    try:
-        with open("/proc/cpuinfo") as f:
-            return any(line.startswith("flags") and flag in line.split()[2:] for line in f)
-    except OSError:
-        return True
 
 
 def thread_env(threads):

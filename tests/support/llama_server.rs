@@ -1,6 +1,6 @@
 //! A real llama.cpp `llama-server` on 127.0.0.1, started and stopped by a test. The binary comes
-//! from `$LLAMA_SERVER` or where `../shared/tools/setup-llama-server.sh` puts it; without it,
-//! tests skip and say why.
+//! from `$LLAMA_SERVER` or where `bench/llama-server.sh` puts it (a build without AVX-512 on CPUs
+//! that lack it); without it, tests skip and say why.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -21,9 +21,15 @@ pub fn binary() -> Option<PathBuf> {
     let path = std::env::var_os("LLAMA_SERVER")
         .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME").map(|home| {
-                Path::new(&home)
-                    .join(".cache/codellama-lsp-tools/llama-server/build/bin/llama-server")
+            let tools = PathBuf::from(std::env::var_os("HOME")?).join(".cache/codellama-lsp-tools");
+            let build = |dir: &str| tools.join(dir).join("build/bin/llama-server");
+            // The build without AVX-512 runs on every CPU; `bench/llama-server.sh` makes it only
+            // where the other one would die of SIGILL.
+            let portable = build("llama-server-no-avx512");
+            Some(if portable.is_file() {
+                portable
+            } else {
+                build("llama-server")
             })
         })?;
     if path.is_file() {
@@ -36,7 +42,7 @@ pub fn binary() -> Option<PathBuf> {
         );
     } else {
         eprintln!(
-            "skipping: no llama-server at {} (set LLAMA_SERVER, or run ../shared/tools/setup-llama-server.sh)",
+            "skipping: no llama-server at {} (set LLAMA_SERVER, or run bench/llama-server.sh)",
             path.display()
         );
         None
