@@ -379,26 +379,15 @@ mod tests {
             deadline: Some(Instant::now() + Duration::from_secs(600)),
             ..GenerationRequest::default()
         };
-        generate(
-            &model,
-            &mut cache,
-            &request(&prompt),
-            &mut || false,
-            &mut |_| {},
-        )
-        .unwrap();
+        let run = |cache: &mut KvCache, prompt: &[u32]| {
+            generate(&model, cache, &request(prompt), &mut || false, &mut |_| {}).unwrap();
+        };
+        run(&mut cache, &prompt);
         let measured = cache.prefill_pace.seconds_per_token;
         assert!(measured.is_some());
         // A keystroke's token or two are no chunk: the pace stays what it was.
         prompt.push(262);
-        generate(
-            &model,
-            &mut cache,
-            &request(&prompt),
-            &mut || false,
-            &mut |_| {},
-        )
-        .unwrap();
+        run(&mut cache, &prompt);
         assert_eq!(cache.prefill_pace.seconds_per_token, measured);
     }
 
