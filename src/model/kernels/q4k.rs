@@ -153,7 +153,7 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86_shared::broadcast4;
+    use super::super::x86_shared::{broadcast4, bsum_pair};
 
     use super::{ActQ8K, MAX_M, SUBS, TILE, TileBlock};
 
@@ -223,7 +223,17 @@ mod x86 {
         out: &mut [[f32; TILE]; MAX_M],
     ) {
         let nibble = _mm256_set1_epi8(0x0F);
-        let ones = _mm256_set1_epi16(1);
+        // Byte r of 8 broadcast bytes (row r's scale or minimum) into both 16-bit halves of
+        // lane r, so that one `pmaddwd` both adds a row's pair of sums and applies it.
+        let pair = _mm256_setr_epi8(
+            0, -128, 0, -128, 1, -128, 1, -128, 2, -128, 2, -128, 3, -128, 3, -128, 4, -128, 4,
+            -128, 5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7, -128,
+        );
+        let rows8 = |bytes: &[u8], at: usize| {
+            // SAFETY: every caller reads 8 bytes inside a `[u8; SUBS * TILE]`.
+            let eight = unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(at).cast::<i64>()) };
+            _mm256_shuffle_epi8(_mm256_set1_epi64x(eight), pair)
+        };
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
             let qs = block.qs.as_ptr();
@@ -250,21 +260,13 @@ mod x86 {
                             );
                         }
                     }
-                    let scale = _mm256_cvtepu8_epi32(unsafe {
-                        _mm_loadl_epi64(block.scales.as_ptr().add(s * TILE + half * 8).cast())
-                    });
-                    let min = _mm256_cvtepu8_epi32(unsafe {
-                        _mm_loadl_epi64(block.mins.as_ptr().add(s * TILE + half * 8).cast())
-                    });
+                    let scale = rows8(&block.scales, s * TILE + half * 8);
+                    let min = rows8(&block.mins, s * TILE + half * 8);
                     for i in 0..M {
-                        let dot = _mm256_madd_epi16(pairs[i], ones);
-                        scaled[i] = _mm256_add_epi32(scaled[i], _mm256_mullo_epi32(dot, scale));
-                        let bsums = &acts[i][b].bsums;
-                        let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
-                        mins[i] = _mm256_add_epi32(
-                            mins[i],
-                            _mm256_mullo_epi32(min, _mm256_set1_epi32(bsum)),
-                        );
+                        scaled[i] = _mm256_add_epi32(scaled[i], _mm256_madd_epi16(pairs[i], scale));
+                        // The two 16-value block sums against the minimum in both halves.
+                        let bsums = _mm256_set1_epi32(unsafe { bsum_pair(&acts[i][b], s) });
+                        mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
                 let d = _mm256_cvtph_ps(unsafe {
