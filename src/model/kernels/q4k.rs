@@ -216,27 +216,125 @@ mod x86 {
         }
     }
 
+    /// For one or two activation rows (decoding): both 8-row halves of a tile in one pass, so
+    /// that each activation broadcast serves 16 rows and each 64-byte line is read once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile_avx2_whole<const M: usize>(
+        blocks: &[TileBlock],
+        acts: &[&[ActQ8K]],
+        out: &mut [[f32; TILE]; MAX_M],
+    ) {
+        let nibble = _mm256_set1_epi8(0x0F);
+        let pair = rows_into_pairs();
+        let mut acc = [[_mm256_setzero_ps(); 2]; M];
+        for (b, block) in blocks.iter().enumerate() {
+            let qs = block.qs.as_ptr();
+            let act: [&ActQ8K; M] = std::array::from_fn(|i| &acts[i][b]);
+            let mut scaled = [[_mm256_setzero_si256(); 2]; M];
+            for s in 0..SUBS {
+                let mut pairs = [[_mm256_setzero_si256(); 2]; M];
+                for g in s * 4..s * 4 + 4 {
+                    let mut w_low = [_mm256_setzero_si256(); 2];
+                    let mut w_high = [_mm256_setzero_si256(); 2];
+                    for half in 0..2 {
+                        let w = unsafe { _mm256_loadu_si256(qs.add(g * 64 + half * 32).cast()) };
+                        w_low[half] = _mm256_and_si256(w, nibble);
+                        w_high[half] = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
+                    }
+                    for i in 0..M {
+                        let a_low = _mm256_set1_epi32(unsafe { broadcast4(&act[i].qs, 8 * g) });
+                        let a_high =
+                            _mm256_set1_epi32(unsafe { broadcast4(&act[i].qs, 8 * g + 4) });
+                        for half in 0..2 {
+                            pairs[i][half] = _mm256_add_epi16(
+                                pairs[i][half],
+                                _mm256_add_epi16(
+                                    _mm256_maddubs_epi16(w_low[half], a_low),
+                                    _mm256_maddubs_epi16(w_high[half], a_high),
+                                ),
+                            );
+                        }
+                    }
+                }
+                for half in 0..2 {
+                    let scale = unsafe { rows8(pair, &block.scales, s * TILE + half * 8) };
+                    for i in 0..M {
+                        scaled[i][half] = _mm256_add_epi32(
+                            scaled[i][half],
+                            _mm256_madd_epi16(pairs[i][half], scale),
+                        );
+                    }
+                }
+            }
+            for half in 0..2 {
+                let mut mins = [_mm256_setzero_si256(); M];
+                for s in 0..SUBS {
+                    let min = unsafe { rows8(pair, &block.mins, s * TILE + half * 8) };
+                    for i in 0..M {
+                        let bsums = _mm256_set1_epi32(unsafe { bsum_pair(act[i], s) });
+                        mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
+                    }
+                }
+                let d = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(block.d.as_ptr().add(half * 8).cast())
+                });
+                let dmin = _mm256_cvtph_ps(unsafe {
+                    _mm_loadu_si128(block.dmin.as_ptr().add(half * 8).cast())
+                });
+                for i in 0..M {
+                    let combined = _mm256_fmsub_ps(
+                        d,
+                        _mm256_cvtepi32_ps(scaled[i][half]),
+                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
+                    );
+                    acc[i][half] =
+                        _mm256_fmadd_ps(combined, _mm256_set1_ps(act[i].d), acc[i][half]);
+                }
+            }
+        }
+        for i in 0..M {
+            for half in 0..2 {
+                unsafe { _mm256_storeu_ps(out[i].as_mut_ptr().add(half * 8), acc[i][half]) };
+            }
+        }
+    }
+
+    /// The shuffle for [`rows8`]: byte r of 8 broadcast bytes into both 16-bit halves of lane r.
+    #[target_feature(enable = "avx2")]
+    fn rows_into_pairs() -> __m256i {
+        _mm256_setr_epi8(
+            0, -128, 0, -128, 1, -128, 1, -128, 2, -128, 2, -128, 3, -128, 3, -128, 4, -128, 4,
+            -128, 5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7, -128,
+        )
+    }
+
+    /// The 8 bytes at `at` (8 rows' scales or minimums), each as both 16-bit halves of its row's
+    /// lane, so that one `pmaddwd` both adds a row's pair of 16-bit sums and applies them.
+    ///
+    /// # Safety
+    /// `at + 8 <= bytes.len()`.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    unsafe fn rows8(pair: __m256i, bytes: &[u8], at: usize) -> __m256i {
+        let eight = unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(at).cast::<i64>()) };
+        _mm256_shuffle_epi8(_mm256_set1_epi64x(eight), pair)
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn tile_avx2<const M: usize>(
         blocks: &[TileBlock],
         acts: &[&[ActQ8K]],
         out: &mut [[f32; TILE]; MAX_M],
     ) {
+        if M <= 2 {
+            return unsafe { tile_avx2_whole::<M>(blocks, acts, out) };
+        }
         let nibble = _mm256_set1_epi8(0x0F);
-        // Byte r of 8 broadcast bytes (row r's scale or minimum) into both 16-bit halves of
-        // lane r, so that one `pmaddwd` both adds a row's pair of sums and applies it.
-        let pair = _mm256_setr_epi8(
-            0, -128, 0, -128, 1, -128, 1, -128, 2, -128, 2, -128, 3, -128, 3, -128, 4, -128, 4,
-            -128, 5, -128, 5, -128, 6, -128, 6, -128, 7, -128, 7, -128,
-        );
-        let rows8 = |bytes: &[u8], at: usize| {
-            // SAFETY: every caller reads 8 bytes inside a `[u8; SUBS * TILE]`.
-            let eight = unsafe { std::ptr::read_unaligned(bytes.as_ptr().add(at).cast::<i64>()) };
-            _mm256_shuffle_epi8(_mm256_set1_epi64x(eight), pair)
-        };
+        let pair = rows_into_pairs();
         let mut acc = [[_mm256_setzero_ps(); 2]; M];
         for (b, block) in blocks.iter().enumerate() {
             let qs = block.qs.as_ptr();
+            let act: [&ActQ8K; M] = std::array::from_fn(|i| &acts[i][b]);
             for half in 0..2 {
                 let mut scaled = [_mm256_setzero_si256(); M];
                 let mut mins = [_mm256_setzero_si256(); M];
@@ -248,7 +346,7 @@ mod x86 {
                         let w_low = _mm256_and_si256(w, nibble);
                         let w_high = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);
                         for i in 0..M {
-                            let a = &acts[i][b].qs;
+                            let a = &act[i].qs;
                             let a_low = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g) });
                             let a_high = _mm256_set1_epi32(unsafe { broadcast4(a, 8 * g + 4) });
                             pairs[i] = _mm256_add_epi16(
@@ -260,12 +358,12 @@ mod x86 {
                             );
                         }
                     }
-                    let scale = rows8(&block.scales, s * TILE + half * 8);
-                    let min = rows8(&block.mins, s * TILE + half * 8);
+                    let scale = unsafe { rows8(pair, &block.scales, s * TILE + half * 8) };
+                    let min = unsafe { rows8(pair, &block.mins, s * TILE + half * 8) };
                     for i in 0..M {
                         scaled[i] = _mm256_add_epi32(scaled[i], _mm256_madd_epi16(pairs[i], scale));
                         // The two 16-value block sums against the minimum in both halves.
-                        let bsums = _mm256_set1_epi32(unsafe { bsum_pair(&acts[i][b], s) });
+                        let bsums = _mm256_set1_epi32(unsafe { bsum_pair(act[i], s) });
                         mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
@@ -282,7 +380,7 @@ mod x86 {
                         _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
                     );
                     acc[i][half] =
-                        _mm256_fmadd_ps(combined, _mm256_set1_ps(acts[i][b].d), acc[i][half]);
+                        _mm256_fmadd_ps(combined, _mm256_set1_ps(act[i].d), acc[i][half]);
                 }
             }
         }
