@@ -258,7 +258,9 @@ def aggregate(runs, how):
     """One number per field over the runs: the best (fastest) or the median."""
     if not runs:
         return {}
-    higher = {"prefill_tok_s", "decode_tok_s"}
+    # The bound is a ceiling: its best is the highest bandwidth measured, as for the speeds (taking
+    # the last run's bound beside the best run's decode can put decode above its bound).
+    higher = {"prefill_tok_s", "decode_tok_s", "decode_bound_tok_s", "read_bandwidth_gb_s"}
     out = dict(runs[-1])
     for field, value in runs[0].items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -273,6 +275,18 @@ def aggregate(runs, how):
     return out
 
 
+def run_counts(results):
+    """"2 runs", or "2 runs (7b: 1)" where some shapes had another count."""
+    counts = {}
+    for row in results["rows"]:
+        counts.setdefault(len(row.get("ours_runs", [])) or results["repeat"], []).append(row["shape"])
+    if not counts:
+        return f"{results['repeat']} run(s)"
+    common = max(counts, key=lambda n: len(counts[n]))
+    others = [f"{'/'.join(sorted(set(shapes)))}: {n}" for n, shapes in counts.items() if n != common]
+    return f"{common} run(s)" + (f" ({', '.join(others)})" if others else "")
+
+
 def fmt(value, digits=1):
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -283,7 +297,7 @@ def markdown(results):
         f"**Machine:** {m['cpu']}, {m['cores']} cores, L3 {m['l3'] or '?'}, {m['ram_gib']} GiB RAM, "
         f"Linux {m['kernel']}; CPU flags: {', '.join(m['flags'])}. "
         f"**Ours:** {m['ours']}. **llama.cpp:** {m['llama_cpp']}. "
-        f"{results['threads']} threads each; {results['aggregate']} of {results['repeat']} run(s). "
+        f"{results['threads']} threads each; {results['aggregate']} of {run_counts(results)}. "
         f"Memory read bandwidth (ours, {results['threads']} threads, 1 GiB): "
         f"{fmt(results.get('bandwidth_gb_s'))} GB/s.",
         "",
@@ -330,6 +344,28 @@ def write_benchmarks(path, table):
         f.write(head + BEGIN_MARK + "\n" + table + END_MARK + tail)
 
 
+def render(args):
+    results_path = os.path.join(args.out_dir, "results.json")
+    with open(results_path) as f:
+        results = json.load(f)
+    results["aggregate"] = args.aggregate
+    for row in results["rows"]:
+        for side in ("ours", "llama_cpp"):
+            if row.get(f"{side}_runs"):
+                row[side] = aggregate(row[f"{side}_runs"], args.aggregate)
+    bandwidths = [r["ours"].get("read_bandwidth_gb_s") for r in results["rows"]]
+    bandwidths = [b for b in bandwidths if b]
+    results["bandwidth_gb_s"] = statistics.median(bandwidths) if bandwidths else None
+    with open(results_path, "w") as f:
+        json.dump(results, f, indent=1)
+    table = markdown(results)
+    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
+        f.write(table)
+    if args.write_benchmarks:
+        write_benchmarks(args.write_benchmarks, table)
+    print(table)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -355,7 +391,13 @@ def main():
                         help="delete each model file once it is measured (disk space)")
     parser.add_argument("--write-benchmarks", metavar="FILE",
                         help="replace the table between the compare.py markers in FILE")
+    parser.add_argument("--render", action="store_true",
+                        help="measure nothing: re-aggregate the runs in --out-dir's results.json "
+                             "and rewrite its table (and --write-benchmarks FILE)")
     args = parser.parse_args()
+    if args.render:
+        render(args)
+        return
 
     quants = QUANTS if args.quants == "all" else args.quants.split(",")
     shapes = args.shapes.split(",")
