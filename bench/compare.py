@@ -353,17 +353,23 @@ def render(args):
         for side in ("ours", "llama_cpp"):
             if row.get(f"{side}_runs"):
                 row[side] = aggregate(row[f"{side}_runs"], args.aggregate)
+    print(publish(results, args))
+
+
+def publish(results, args):
+    """Writes `results` (with the median bandwidth of its rows) as results.json and results.md
+    in --out-dir, and the table into --write-benchmarks; returns the table."""
     bandwidths = [r["ours"].get("read_bandwidth_gb_s") for r in results["rows"]]
     bandwidths = [b for b in bandwidths if b]
     results["bandwidth_gb_s"] = statistics.median(bandwidths) if bandwidths else None
-    with open(results_path, "w") as f:
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
     table = markdown(results)
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(table)
     if args.write_benchmarks:
         write_benchmarks(args.write_benchmarks, table)
-    print(table)
+    return table
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,24 +425,14 @@ def main():
         order = {key: i for i, key in enumerate((s, q) for s in ["1b", "7b"] for q in QUANTS)}
         merged = [r for r in previous if (r["shape"], r["quant"]) not in done] + rows
         merged.sort(key=lambda r: order.get((r["shape"], r["quant"]), len(order)))
-        bandwidths = [r["ours"].get("read_bandwidth_gb_s") for r in merged]
-        bandwidths = [b for b in bandwidths if b]
         results = {
             "machine": description,
             "threads": args.threads,
             "repeat": args.repeat,
             "aggregate": args.aggregate,
-            "bandwidth_gb_s": statistics.median(bandwidths) if bandwidths else None,
             "rows": merged,
         }
-        with open(results_path, "w") as f:
-            json.dump(results, f, indent=1)
-        table = markdown(results)
-        with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-            f.write(table)
-        if args.write_benchmarks:
-            write_benchmarks(args.write_benchmarks, table)
-        return table
+        return publish(results, args)
 
     description = machine(ours, server)
     table = ""

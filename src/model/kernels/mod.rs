@@ -71,7 +71,9 @@ macro_rules! dispatch_tile {
 /// Loads that the x86 tiers of every format share.
 #[cfg(target_arch = "x86_64")]
 mod x86_shared {
-    use super::ActQ8K;
+    use std::arch::x86_64::*;
+
+    use super::{ActQ8K, TILE};
 
     /// Four activation values from `at` as one 32-bit lane, to broadcast against weights whose
     /// inputs are interleaved four at a time.
@@ -90,6 +92,34 @@ mod x86_shared {
     #[inline(always)]
     pub(super) unsafe fn bsum_pair(act: &ActQ8K, i: usize) -> i32 {
         unsafe { std::ptr::read_unaligned(act.bsums.as_ptr().add(2 * i).cast::<i32>()) }
+    }
+
+    /// The f16 scales of 8 rows, `half * 8..`, of a tile block as f32.
+    #[inline]
+    #[target_feature(enable = "avx2,f16c")]
+    pub(super) fn eight_f16(values: &[u16; TILE], half: usize) -> __m256 {
+        // SAFETY: `half` is 0 or 1, so the 8 values lie inside the TILE (16) of `values`.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(values.as_ptr().add(half * 8).cast()) })
+    }
+
+    /// `acc + a_d·(d·scaled − dmin·mins)` for 8 rows: the float formula of the k-quants with a
+    /// minimum, in the order of `q4k::accumulate`, so that the tiers agree to the bit.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) fn add_with_minimum(
+        acc: __m256,
+        d: __m256,
+        dmin: __m256,
+        scaled: __m256i,
+        mins: __m256i,
+        a_d: f32,
+    ) -> __m256 {
+        let combined = _mm256_fmsub_ps(
+            d,
+            _mm256_cvtepi32_ps(scaled),
+            _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins)),
+        );
+        _mm256_fmadd_ps(combined, _mm256_set1_ps(a_d), acc)
     }
 }
 

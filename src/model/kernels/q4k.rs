@@ -153,7 +153,7 @@ fn tile_portable(blocks: &[TileBlock], acts: &[&[ActQ8K]], out: &mut [[f32; TILE
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86_shared::{broadcast4, bsum_pair};
+    use super::super::x86_shared::{add_with_minimum, broadcast4, bsum_pair, eight_f16};
 
     use super::{ActQ8K, MAX_M, SUBS, TILE, TileBlock};
 
@@ -275,20 +275,11 @@ mod x86 {
                         mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
-                let d = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.d.as_ptr().add(half * 8).cast())
-                });
-                let dmin = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.dmin.as_ptr().add(half * 8).cast())
-                });
+                let d = eight_f16(&block.d, half);
+                let dmin = eight_f16(&block.dmin, half);
                 for i in 0..M {
-                    let combined = _mm256_fmsub_ps(
-                        d,
-                        _mm256_cvtepi32_ps(scaled[i][half]),
-                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
-                    );
                     acc[i][half] =
-                        _mm256_fmadd_ps(combined, _mm256_set1_ps(act[i].d), acc[i][half]);
+                        add_with_minimum(acc[i][half], d, dmin, scaled[i][half], mins[i], act[i].d);
                 }
             }
         }
@@ -367,20 +358,11 @@ mod x86 {
                         mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
-                let d = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.d.as_ptr().add(half * 8).cast())
-                });
-                let dmin = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.dmin.as_ptr().add(half * 8).cast())
-                });
+                let d = eight_f16(&block.d, half);
+                let dmin = eight_f16(&block.dmin, half);
                 for i in 0..M {
-                    let combined = _mm256_fmsub_ps(
-                        d,
-                        _mm256_cvtepi32_ps(scaled[i]),
-                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
-                    );
                     acc[i][half] =
-                        _mm256_fmadd_ps(combined, _mm256_set1_ps(act[i].d), acc[i][half]);
+                        add_with_minimum(acc[i][half], d, dmin, scaled[i], mins[i], act[i].d);
                 }
             }
         }

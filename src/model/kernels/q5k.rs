@@ -208,7 +208,7 @@ mod tests {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::super::x86_shared::{broadcast4, bsum_pair};
+    use super::super::x86_shared::{add_with_minimum, broadcast4, bsum_pair, eight_f16};
 
     use super::{ActQ8K, MAX_M, OPERAND, PLANES, SUBS, TILE, TileBlock};
 
@@ -400,20 +400,11 @@ mod x86 {
                         mins[i] = _mm256_add_epi32(mins[i], _mm256_madd_epi16(min, bsums));
                     }
                 }
-                let d = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.d.as_ptr().add(half * 8).cast())
-                });
-                let dmin = _mm256_cvtph_ps(unsafe {
-                    _mm_loadu_si128(block.dmin.as_ptr().add(half * 8).cast())
-                });
+                let d = eight_f16(&block.d, half);
+                let dmin = eight_f16(&block.dmin, half);
                 for i in 0..M {
-                    let combined = _mm256_fmsub_ps(
-                        d,
-                        _mm256_cvtepi32_ps(scaled[i]),
-                        _mm256_mul_ps(dmin, _mm256_cvtepi32_ps(mins[i])),
-                    );
                     acc[i][half] =
-                        _mm256_fmadd_ps(combined, _mm256_set1_ps(acts[i][b].d), acc[i][half]);
+                        add_with_minimum(acc[i][half], d, dmin, scaled[i], mins[i], acts[i][b].d);
                 }
             }
         }
