@@ -15,7 +15,10 @@ use crate::model::gguf::{Array, GgmlType, GgufError, GgufWriter, Value};
 mod bench_model;
 mod families;
 pub use bench_model::{BenchQuant, BenchShape, write as write_bench_model};
-pub use families::{Family, SAMPLE_CODE, generate as generate_family};
+pub use families::{
+    Family, SAMPLE_CODE, generate as generate_family,
+    generate_with_matrices as generate_family_with_matrices,
+};
 
 /// Every committed fixture: its file name and a generator of its bytes.
 pub fn all() -> Vec<(&'static str, Result<Vec<u8>, String>)> {

@@ -267,6 +267,73 @@ impl KvCache {
         Ok(())
     }
 
+    /// Writes keys and values given as rows `[n][kv_heads][head_dim]` (the projections' layout)
+    /// for positions `start..start + n`, into a cache on the host.
+    pub(super) fn write_rows(
+        &mut self,
+        layer: usize,
+        start: usize,
+        keys: &[f32],
+        values: &[f32],
+    ) -> candle_core::Result<()> {
+        let (kv_heads, head_dim, capacity) = (self.kv_heads, self.head_dim, self.capacity);
+        let width = kv_heads * head_dim;
+        let n = keys.len() / width.max(1);
+        if width == 0 || keys.len() != n * width || values.len() != keys.len() {
+            candle_core::bail!("KV cache rows of {} values for width {width}", keys.len());
+        }
+        if layer >= self.layer_count() || start + n > capacity {
+            candle_core::bail!(
+                "KV cache write of {n} rows at {start} (layer {layer}) does not fit"
+            );
+        }
+        // Row `r`, head `h` goes to row `start + r` of head `h`'s block of `capacity` rows.
+        let place = |index: usize| {
+            let (r, h) = (index / kv_heads, index % kv_heads);
+            (h * capacity + start + r) * head_dim
+        };
+        match &mut self.storage {
+            Storage::F16 {
+                keys: key_buffers,
+                values: value_buffers,
+            } => {
+                let (kb, vb) = (&mut key_buffers[layer], &mut value_buffers[layer]);
+                let pairs = keys
+                    .chunks_exact(head_dim)
+                    .zip(values.chunks_exact(head_dim));
+                for (index, (k, v)) in pairs.enumerate() {
+                    let at = place(index);
+                    kb[at..at + head_dim].convert_from_f32_slice(k);
+                    vb[at..at + head_dim].convert_from_f32_slice(v);
+                }
+            }
+            Storage::F32 {
+                keys: key_buffers,
+                values: value_buffers,
+            } => {
+                let (kb, vb) = (&mut key_buffers[layer], &mut value_buffers[layer]);
+                let pairs = keys
+                    .chunks_exact(head_dim)
+                    .zip(values.chunks_exact(head_dim));
+                for (index, (k, v)) in pairs.enumerate() {
+                    let at = place(index);
+                    kb[at..at + head_dim].copy_from_slice(k);
+                    vb[at..at + head_dim].copy_from_slice(v);
+                }
+            }
+            Storage::Tensors { .. } => candle_core::bail!("write_rows needs a cache on the host"),
+        }
+        Ok(())
+    }
+
+    fn layer_count(&self) -> usize {
+        match &self.storage {
+            Storage::F16 { keys, .. } => keys.len(),
+            Storage::F32 { keys, .. } => keys.len(),
+            Storage::Tensors { keys, .. } => keys.len(),
+        }
+    }
+
     /// One layer's keys and values, of which the first `len` positions are meaningful.
     pub(super) fn layer(&self, layer: usize, len: usize) -> candle_core::Result<LayerKv<'_>> {
         Ok(match &self.storage {

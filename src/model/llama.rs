@@ -18,6 +18,7 @@ use super::ModelError;
 use super::attention::{self, AttentionShape};
 use super::config::{FeedForward, LlamaConfig, RopeStyle};
 use super::gguf::{GgmlType, GgufFile};
+use super::host_pass::{self, Affine, LayerView, Rope};
 use super::kv_cache::{KvCache, KvType, LayerKv};
 use super::projection::Projection;
 
@@ -30,9 +31,25 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 struct Linear {
     weight: Projection,
     bias: Option<Tensor>,
+    /// `bias` as host values, on the CPU (for the host pass).
+    host_bias: Option<Vec<f32>>,
 }
 
 impl Linear {
+    /// The projection as the host pass takes it: on our kernels, its bias on the host.
+    fn affine(&self) -> Option<Affine<'_>> {
+        let Projection::Kernel(matrix) = &self.weight else {
+            return None;
+        };
+        if self.bias.is_some() && self.host_bias.is_none() {
+            return None;
+        }
+        Some(Affine {
+            matrix,
+            bias: self.host_bias.as_deref(),
+        })
+    }
+
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let [y] = Self::forward_many([self], x)?;
         Ok(y)
@@ -57,9 +74,19 @@ impl Linear {
 struct Norm {
     weight: Tensor,
     bias: Option<Tensor>,
+    /// `weight` as host values, on the CPU (for the host pass).
+    host_weight: Option<Vec<f32>>,
 }
 
 impl Norm {
+    /// An RMSNorm's weight on the host (the host pass has no LayerNorm).
+    fn rms_weight(&self) -> Option<&[f32]> {
+        match self.bias {
+            None => self.host_weight.as_deref(),
+            Some(_) => None,
+        }
+    }
+
     fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
         match &self.bias {
             None => candle_nn::ops::rms_norm(x, &self.weight, eps),
@@ -81,6 +108,23 @@ struct Layer {
     down: Linear,
 }
 
+impl Layer {
+    /// The layer as the host pass reads it, when it can.
+    fn view(&self) -> Option<LayerView<'_>> {
+        Some(LayerView {
+            attention_norm: self.attention_norm.rms_weight()?,
+            q: self.wq.affine()?,
+            k: self.wk.affine()?,
+            v: self.wv.affine()?,
+            output: self.wo.affine()?,
+            ffn_norm: self.ffn_norm.rms_weight()?,
+            gate: self.gate.as_ref()?.affine()?,
+            up: self.up.affine()?,
+            down: self.down.affine()?,
+        })
+    }
+}
+
 /// Precomputed RoPE rotations for positions `0..cos.dim(0)`, `[positions, rope_dim / 2]` each.
 struct Rotations {
     cos: Tensor,
@@ -95,6 +139,8 @@ pub struct Llama {
     norm: Norm,
     output: Projection,
     rotations: Rotations,
+    /// The host pass's rotations, when every layer can take that pass ([`host_pass`]).
+    host_rope: Option<Rope>,
     /// The largest position count this instance supports (RoPE tables and cache capacity).
     max_positions: usize,
     /// How new caches store keys and values.
@@ -233,18 +279,33 @@ impl TensorSource<'_> {
 
     /// A weight matrix and its bias, if the file has one (`….weight` → `….bias`).
     fn linear(&self, name: &str, inputs: usize, outputs: usize) -> Result<Linear, ModelError> {
+        let bias = self.optional_vector(&name.replace(".weight", ".bias"), outputs)?;
         Ok(Linear {
             weight: self.matmul(name, inputs, outputs)?,
-            bias: self.optional_vector(&name.replace(".weight", ".bias"), outputs)?,
+            host_bias: bias.as_ref().and_then(|b| self.host_copy(b)),
+            bias,
         })
+    }
+
+    /// A vector's values, when the model runs on the CPU.
+    fn host_copy(&self, vector: &Tensor) -> Option<Vec<f32>> {
+        self.device
+            .is_cpu()
+            .then(|| vector.to_vec1().ok())
+            .flatten()
     }
 
     /// A norm's weight and, for LayerNorm families, its bias (zero when the file has none).
     fn norm(&self, name: &str, len: usize, layer_norm: bool) -> Result<Norm, ModelError> {
         let weight = self.vector(name, len)?;
+        let host_weight = self.host_copy(&weight);
         if !layer_norm {
             // RMSNorm families have no norm bias; a stray one must not turn this into LayerNorm.
-            return Ok(Norm { weight, bias: None });
+            return Ok(Norm {
+                weight,
+                bias: None,
+                host_weight,
+            });
         }
         let bias = match self.optional_vector(&name.replace(".weight", ".bias"), len)? {
             Some(bias) => bias,
@@ -253,7 +314,11 @@ impl TensorSource<'_> {
                 .map_err(|error| ModelError::candle("a zero norm bias", error))?,
         };
         let bias = Some(bias);
-        Ok(Norm { weight, bias })
+        Ok(Norm {
+            weight,
+            bias,
+            host_weight,
+        })
     }
 
     fn optional_vector(&self, name: &str, len: usize) -> Result<Option<Tensor>, ModelError> {
@@ -394,8 +459,13 @@ impl Llama {
         let max_positions = max_positions
             .unwrap_or(DEFAULT_CONTEXT)
             .clamp(1, config.context_length);
-        let rotations = Rotations::new(&config, max_positions, device)
+        let rope = Rope::new(&config, max_positions);
+        let rotations = Rotations::new(&rope, max_positions, device)
             .map_err(|error| ModelError::candle("precomputing RoPE", error))?;
+        // The host pass takes a model whole or not at all; it has no ungated MLP.
+        let host_pass = device.is_cpu()
+            && family.feed_forward() != FeedForward::Gelu
+            && layers.iter().all(|layer| layer.view().is_some());
         Ok(Self {
             config,
             device: device.clone(),
@@ -404,6 +474,7 @@ impl Llama {
             norm,
             output,
             rotations,
+            host_rope: host_pass.then_some(rope),
             max_positions,
             kv_type: KvType::default(),
         })
@@ -509,12 +580,27 @@ impl Llama {
             .then(|| causal_mask(seq, start, &self.device))
             .transpose()?;
         let eps = self.config.rms_norm_eps as f32;
-        for (index, layer) in self.layers.iter().enumerate() {
-            let h = layer.attention_norm.forward(&x, eps)?;
-            let attention = self.attention(index, layer, &h, start, mask.as_ref(), cache)?;
-            x = (x + attention)?;
-            let h = layer.ffn_norm.forward(&x, eps)?;
-            x = (x + self.feed_forward(layer, &h)?)?;
+        let host_layers = match &self.host_rope {
+            Some(rope) if cache.on_host() => self
+                .layers
+                .iter()
+                .map(Layer::view)
+                .collect::<Option<Vec<_>>>()
+                .map(|views| (rope, views)),
+            _ => None,
+        };
+        if let Some((rope, views)) = host_layers {
+            let mut values = x.flatten_all()?.to_vec1::<f32>()?;
+            host_pass::run_layers(&self.config, &views, rope, &mut values, start, cache)?;
+            x = Tensor::from_vec(values, (seq, self.config.embedding_length), &self.device)?;
+        } else {
+            for (index, layer) in self.layers.iter().enumerate() {
+                let h = layer.attention_norm.forward(&x, eps)?;
+                let attention = self.attention(index, layer, &h, start, mask.as_ref(), cache)?;
+                x = (x + attention)?;
+                let h = layer.ffn_norm.forward(&x, eps)?;
+                x = (x + self.feed_forward(layer, &h)?)?;
+            }
         }
         let x = if all_logits {
             x
@@ -643,22 +729,13 @@ fn causal_mask(seq: usize, start: usize, device: &Device) -> candle_core::Result
 }
 
 impl Rotations {
-    fn new(config: &LlamaConfig, positions: usize, device: &Device) -> candle_core::Result<Self> {
-        let half = config.rope_dimension_count / 2;
-        let base = f64::from(config.rope_freq_base);
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for position in 0..positions {
-            for i in 0..half {
-                let theta = base.powf(-2.0 * i as f64 / config.rope_dimension_count as f64);
-                let angle = position as f64 * theta;
-                cos.push(angle.cos() as f32);
-                sin.push(angle.sin() as f32);
-            }
-        }
+    /// The tables of `rope` (for `positions` positions) as tensors on `device`.
+    fn new(rope: &Rope, positions: usize, device: &Device) -> candle_core::Result<Self> {
+        let table =
+            |values: &[f32]| Tensor::from_vec(values.to_vec(), (positions, rope.half), device);
         Ok(Self {
-            cos: Tensor::from_vec(cos, (positions, half), device)?,
-            sin: Tensor::from_vec(sin, (positions, half), device)?,
+            cos: table(&rope.cos)?,
+            sin: table(&rope.sin)?,
         })
     }
 
@@ -684,5 +761,92 @@ impl Rotations {
         )?;
         let rest = x.narrow(D::Minus1, rope_dims, config.head_dim - rope_dims)?;
         Tensor::cat(&[&rotated, &rest], D::Minus1)?.contiguous()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::{Family, Variant};
+
+    fn fixture(name: &str) -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures")
+            .join(name)
+    }
+
+    fn rows(logits: &Tensor) -> Vec<f32> {
+        logits.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    /// The host pass against the tensor path, on the same kernels and caches: a prompt with
+    /// every position's logits, decoded tokens, then a rewind and a two-token continuation.
+    #[test]
+    fn the_host_pass_equals_the_tensor_path() {
+        // The families' fixtures keep F16 matrices, which only the tensor path takes: here they
+        // are written again with Q8_0 matrices, so that biases, NeoX RoPE and GeGLU go through
+        // the host pass.
+        let dir = std::env::temp_dir().join(format!("codellama-lsp-host-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut files: Vec<std::path::PathBuf> = Variant::ALL
+            .iter()
+            .map(|v| fixture(v.file_name()))
+            .collect();
+        for family in Family::ALL {
+            let path = dir.join(family.file_name());
+            let bytes = crate::fixtures::generate_family_with_matrices(family, GgmlType::Q8_0);
+            std::fs::write(&path, bytes.unwrap()).unwrap();
+            files.push(path);
+        }
+        let mut taken = Vec::new();
+        for path in &files {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let (host, _) = Llama::load(path, &Device::Cpu, Some(64)).unwrap();
+            let Some(_) = host.host_rope else {
+                continue;
+            };
+            taken.push(name.clone());
+            let (mut tensors, _) = Llama::load(path, &Device::Cpu, Some(64)).unwrap();
+            tensors.host_rope = None;
+            let vocab = host.config().vocab_size as u32;
+            let prompt: Vec<u32> = (0..13).map(|i| (i * 37 + 5) % vocab).collect();
+            for kv_type in [KvType::F16, KvType::F32] {
+                let cache = || KvCache::new(host.config(), 64, kv_type, &Device::Cpu).unwrap();
+                let mut caches = [cache(), cache()];
+                let step = |caches: &mut [KvCache; 2], tokens: &[u32], all: bool, what: &str| {
+                    let [a, b] = caches;
+                    let ours = rows(&host.forward(tokens, a, all).unwrap());
+                    let theirs = rows(&tensors.forward(tokens, b, all).unwrap());
+                    let worst = ours
+                        .iter()
+                        .zip(&theirs)
+                        .map(|(x, y)| (x - y).abs())
+                        .fold(0.0f32, f32::max);
+                    assert!(
+                        worst < 1e-4,
+                        "{name}, {kv_type:?}, {what}: max |Δ| = {worst}"
+                    );
+                };
+                step(&mut caches, &prompt, true, "prompt");
+                for token in [3, 90, 17] {
+                    step(&mut caches, &[token % vocab], false, "decoding");
+                }
+                caches.iter_mut().for_each(|cache| cache.truncate(6));
+                step(&mut caches, &prompt[6..8], true, "after a rewind");
+            }
+        }
+        // The fixtures the pass must take: quantized llama-family matrices, biases, NeoX, GeGLU.
+        for expected in [
+            Variant::Q8_0.file_name(),
+            Variant::Q4KMixed.file_name(),
+            Family::Qwen2.file_name(),
+            Family::Gemma.file_name(),
+        ] {
+            assert!(
+                taken.iter().any(|name| name == expected),
+                "{expected} took the tensor path"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

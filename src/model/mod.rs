@@ -8,6 +8,7 @@ mod config;
 pub mod device;
 pub mod generate;
 pub mod gguf;
+mod host_pass;
 pub mod kernels;
 mod kv_cache;
 mod llama;
