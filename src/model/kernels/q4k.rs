@@ -185,19 +185,20 @@ mod x86 {
                         high[i] = _mm512_dpbusd_epi32(high[i], w_high, a_high);
                     }
                 }
-                let scale = _mm512_cvtepu8_epi32(unsafe {
-                    _mm_loadu_si128(block.scales.as_ptr().add(s * TILE).cast())
-                });
-                let min = _mm512_cvtepu8_epi32(unsafe {
-                    _mm_loadu_si128(block.mins.as_ptr().add(s * TILE).cast())
-                });
+                let scale = unsafe { rows16_paired(&block.scales, s * TILE) };
+                let min = unsafe { rows16_paired(&block.mins, s * TILE) };
                 for i in 0..M {
-                    let dot = _mm512_add_epi32(low[i], high[i]);
-                    scaled[i] = _mm512_add_epi32(scaled[i], _mm512_mullo_epi32(dot, scale));
-                    let bsums = &acts[i][b].bsums;
-                    let bsum = i32::from(bsums[2 * s]) + i32::from(bsums[2 * s + 1]);
-                    mins[i] =
-                        _mm512_add_epi32(mins[i], _mm512_mullo_epi32(min, _mm512_set1_epi32(bsum)));
+                    // Each chain is 16 products of at most 15 · 128: it fits 16 bits, so the two
+                    // share a lane as its halves and one dot product applies the scale to both.
+                    let halves = _mm512_mask_blend_epi16(
+                        0xAAAA_AAAA,
+                        low[i],
+                        _mm512_slli_epi32(high[i], 16),
+                    );
+                    scaled[i] = _mm512_dpwssd_epi32(scaled[i], halves, scale);
+                    // The two 16-value block sums against the minimum in both halves.
+                    let bsums = _mm512_set1_epi32(unsafe { bsum_pair(&acts[i][b], s) });
+                    mins[i] = _mm512_dpwssd_epi32(mins[i], min, bsums);
                 }
             }
             let d = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(block.d.as_ptr().cast()) });
@@ -214,6 +215,19 @@ mod x86 {
         for i in 0..M {
             unsafe { _mm512_storeu_ps(out[i].as_mut_ptr(), acc[i]) };
         }
+    }
+
+    /// The 16 bytes at `at` (16 rows' scales or minimums), each as both 16-bit halves of its
+    /// row's lane.
+    ///
+    /// # Safety
+    /// `at + 16 <= bytes.len()`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn rows16_paired(bytes: &[u8], at: usize) -> __m512i {
+        let values =
+            _mm512_cvtepu8_epi32(unsafe { _mm_loadu_si128(bytes.as_ptr().add(at).cast()) });
+        _mm512_or_si512(values, _mm512_slli_epi32(values, 16))
     }
 
     /// For one or two activation rows (decoding): both 8-row halves of a tile in one pass, so
