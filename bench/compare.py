@@ -276,15 +276,27 @@ def aggregate(runs, how):
 
 
 def run_counts(results):
-    """"2 runs", or "2 runs (7b: 1)" where some shapes had another count."""
-    counts = {}
+    """"2 run(s)", or "2 run(s) (7b: 1; 1b Q8_0: 3)" naming the shapes, or single rows, that had
+    another count."""
+    runs = {}
     for row in results["rows"]:
-        counts.setdefault(len(row.get("ours_runs", [])) or results["repeat"], []).append(row["shape"])
-    if not counts:
+        count = len(row.get("ours_runs", [])) or results["repeat"]
+        runs.setdefault(row["shape"], []).append((row["quant_name"], count))
+    if not runs:
         return f"{results['repeat']} run(s)"
-    common = max(counts, key=lambda n: len(counts[n]))
-    others = [f"{'/'.join(sorted(set(shapes)))}: {n}" for n, shapes in counts.items() if n != common]
-    return f"{common} run(s)" + (f" ({', '.join(others)})" if others else "")
+    every = [count for rows in runs.values() for _, count in rows]
+    common = max(set(every), key=every.count)
+    others = {}
+    for shape, rows in runs.items():
+        if len({count for _, count in rows}) == 1:
+            labels = [(shape, rows[0][1])]
+        else:
+            labels = [(f"{shape} {quant}", count) for quant, count in rows]
+        for label, count in labels:
+            if count != common:
+                others.setdefault(count, []).append(label)
+    described = [f"{', '.join(labels)}: {n}" for n, labels in sorted(others.items())]
+    return f"{common} run(s)" + (f" ({'; '.join(described)})" if described else "")
 
 
 def fmt(value, digits=1):
