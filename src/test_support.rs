@@ -59,3 +59,12 @@ pub fn fixture_tokenizer() -> crate::model::tokenizer::Tokenizer {
     let file = crate::model::gguf::GgufFile::read(&path).expect("the committed fixture reads");
     crate::model::tokenizer::Tokenizer::from_gguf(&file).expect("its tokenizer loads")
 }
+
+/// The largest absolute difference between two equally long slices (logits, activations).
+pub fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "slices of different lengths");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}

@@ -276,18 +276,11 @@ mod tests {
 
     use super::*;
     use crate::fixtures::SplitMix64;
+    use crate::test_support::max_difference;
 
     fn random(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix64::new(seed);
         (0..n).map(|_| rng.symmetric() * 3.0).collect()
-    }
-
-    fn max_difference(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]

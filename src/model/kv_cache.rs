@@ -296,31 +296,23 @@ impl KvCache {
             Storage::F16 {
                 keys: key_buffers,
                 values: value_buffers,
-            } => {
-                let (kb, vb) = (&mut key_buffers[layer], &mut value_buffers[layer]);
-                let pairs = keys
-                    .chunks_exact(head_dim)
-                    .zip(values.chunks_exact(head_dim));
-                for (index, (k, v)) in pairs.enumerate() {
-                    let at = place(index);
-                    kb[at..at + head_dim].convert_from_f32_slice(k);
-                    vb[at..at + head_dim].convert_from_f32_slice(v);
-                }
-            }
+            } => scatter_rows(
+                [&mut key_buffers[layer], &mut value_buffers[layer]],
+                [keys, values],
+                head_dim,
+                place,
+                |to, from| to.convert_from_f32_slice(from),
+            ),
             Storage::F32 {
                 keys: key_buffers,
                 values: value_buffers,
-            } => {
-                let (kb, vb) = (&mut key_buffers[layer], &mut value_buffers[layer]);
-                let pairs = keys
-                    .chunks_exact(head_dim)
-                    .zip(values.chunks_exact(head_dim));
-                for (index, (k, v)) in pairs.enumerate() {
-                    let at = place(index);
-                    kb[at..at + head_dim].copy_from_slice(k);
-                    vb[at..at + head_dim].copy_from_slice(v);
-                }
-            }
+            } => scatter_rows(
+                [&mut key_buffers[layer], &mut value_buffers[layer]],
+                [keys, values],
+                head_dim,
+                place,
+                <[f32]>::copy_from_slice,
+            ),
             Storage::Tensors { .. } => candle_core::bail!("write_rows needs a cache on the host"),
         }
         Ok(())
@@ -361,5 +353,22 @@ impl KvCache {
     /// Records that `tokens` now follow the cached ones (after all layers were written).
     pub(super) fn extend(&mut self, tokens: &[u32]) {
         self.tokens.extend_from_slice(tokens);
+    }
+}
+
+/// Stores each `head_dim` run of `rows` (keys, values) at `place(index)` of `buffers`, the
+/// layer's key and value buffers, converting with `store`.
+fn scatter_rows<T>(
+    buffers: [&mut [T]; 2],
+    rows: [&[f32]; 2],
+    head_dim: usize,
+    place: impl Fn(usize) -> usize,
+    store: impl Fn(&mut [T], &[f32]),
+) {
+    for (buffer, values) in buffers.into_iter().zip(rows) {
+        for (index, run) in values.chunks_exact(head_dim).enumerate() {
+            let at = place(index);
+            store(&mut buffer[at..at + head_dim], run);
+        }
     }
 }

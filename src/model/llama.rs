@@ -768,6 +768,7 @@ impl Rotations {
 mod tests {
     use super::*;
     use crate::fixtures::{Family, Variant};
+    use crate::test_support::max_difference;
 
     fn fixture(name: &str) -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -817,11 +818,7 @@ mod tests {
                     let [a, b] = caches;
                     let ours = rows(&host.forward(tokens, a, all).unwrap());
                     let theirs = rows(&tensors.forward(tokens, b, all).unwrap());
-                    let worst = ours
-                        .iter()
-                        .zip(&theirs)
-                        .map(|(x, y)| (x - y).abs())
-                        .fold(0.0f32, f32::max);
+                    let worst = max_difference(&ours, &theirs);
                     assert!(
                         worst < 1e-4,
                         "{name}, {kv_type:?}, {what}: max |Δ| = {worst}"
