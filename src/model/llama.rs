@@ -18,7 +18,7 @@ use super::ModelError;
 use super::attention::{self, AttentionShape};
 use super::config::{FeedForward, LlamaConfig, RopeStyle};
 use super::gguf::{GgmlType, GgufFile};
-use super::host_pass::{self, Affine, LayerView, Rope};
+use super::host_pass::{self, Affine, LayerView, Mlp, NormView, Rope};
 use super::kv_cache::{KvCache, KvType, LayerKv};
 use super::projection::Projection;
 
@@ -74,17 +74,22 @@ impl Linear {
 struct Norm {
     weight: Tensor,
     bias: Option<Tensor>,
-    /// `weight` as host values, on the CPU (for the host pass).
+    /// `weight` and `bias` as host values, on the CPU (for the host pass).
     host_weight: Option<Vec<f32>>,
+    host_bias: Option<Vec<f32>>,
 }
 
 impl Norm {
-    /// An RMSNorm's weight on the host (the host pass has no LayerNorm).
-    fn rms_weight(&self) -> Option<&[f32]> {
-        match self.bias {
-            None => self.host_weight.as_deref(),
-            Some(_) => None,
-        }
+    /// The norm as the host pass takes it, its weights on the host.
+    fn host_view(&self) -> Option<NormView<'_>> {
+        let weight = self.host_weight.as_deref()?;
+        Some(match self.bias {
+            None => NormView::Rms(weight),
+            Some(_) => NormView::Layer {
+                weight,
+                bias: self.host_bias.as_deref()?,
+            },
+        })
     }
 
     fn forward(&self, x: &Tensor, eps: f32) -> candle_core::Result<Tensor> {
@@ -109,17 +114,31 @@ struct Layer {
 }
 
 impl Layer {
-    /// The layer as the host pass reads it, when it can.
-    fn view(&self) -> Option<LayerView<'_>> {
+    /// The layer as the host pass reads it, when it can; the MLP chosen as in
+    /// [`Llama::feed_forward`].
+    fn view(&self, feed_forward: FeedForward) -> Option<LayerView<'_>> {
+        let up = self.up.affine()?;
+        let mlp = match (feed_forward, &self.gate) {
+            (FeedForward::SiluGated, Some(gate)) => Mlp::Gated {
+                gate: gate.affine()?,
+                up,
+                activation: host_pass::silu,
+            },
+            (FeedForward::GeluGated, Some(gate)) => Mlp::Gated {
+                gate: gate.affine()?,
+                up,
+                activation: host_pass::gelu,
+            },
+            _ => Mlp::Gelu { up },
+        };
         Some(LayerView {
-            attention_norm: self.attention_norm.rms_weight()?,
+            attention_norm: self.attention_norm.host_view()?,
             q: self.wq.affine()?,
             k: self.wk.affine()?,
             v: self.wv.affine()?,
             output: self.wo.affine()?,
-            ffn_norm: self.ffn_norm.rms_weight()?,
-            gate: self.gate.as_ref()?.affine()?,
-            up: self.up.affine()?,
+            ffn_norm: self.ffn_norm.host_view()?,
+            mlp,
             down: self.down.affine()?,
         })
     }
@@ -305,6 +324,7 @@ impl TensorSource<'_> {
                 weight,
                 bias: None,
                 host_weight,
+                host_bias: None,
             });
         }
         let bias = match self.optional_vector(&name.replace(".weight", ".bias"), len)? {
@@ -313,10 +333,10 @@ impl TensorSource<'_> {
                 .zeros_like()
                 .map_err(|error| ModelError::candle("a zero norm bias", error))?,
         };
-        let bias = Some(bias);
         Ok(Norm {
             weight,
-            bias,
+            host_bias: self.host_copy(&bias),
+            bias: Some(bias),
             host_weight,
         })
     }
@@ -462,10 +482,11 @@ impl Llama {
         let rope = Rope::new(&config, max_positions);
         let rotations = Rotations::new(&rope, max_positions, device)
             .map_err(|error| ModelError::candle("precomputing RoPE", error))?;
-        // The host pass takes a model whole or not at all; it has no ungated MLP.
+        // The host pass takes a model whole or not at all.
         let host_pass = device.is_cpu()
-            && family.feed_forward() != FeedForward::Gelu
-            && layers.iter().all(|layer| layer.view().is_some());
+            && layers
+                .iter()
+                .all(|layer| layer.view(family.feed_forward()).is_some());
         Ok(Self {
             config,
             device: device.clone(),
@@ -584,7 +605,7 @@ impl Llama {
             Some(rope) if cache.on_host() => self
                 .layers
                 .iter()
-                .map(Layer::view)
+                .map(|layer| layer.view(self.config.family.feed_forward()))
                 .collect::<Option<Vec<_>>>()
                 .map(|views| (rope, views)),
             _ => None,
@@ -785,8 +806,8 @@ mod tests {
     #[test]
     fn the_host_pass_equals_the_tensor_path() {
         // The families' fixtures keep F16 matrices, which only the tensor path takes: here they
-        // are written again with Q8_0 matrices, so that biases, NeoX RoPE and GeGLU go through
-        // the host pass.
+        // are written again with Q8_0 matrices, so that biases, NeoX RoPE, GeGLU, LayerNorm and
+        // the ungated GELU MLP go through the host pass.
         let dir = std::env::temp_dir().join(format!("codellama-lsp-host-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let mut files: Vec<std::path::PathBuf> = Variant::ALL
@@ -832,12 +853,13 @@ mod tests {
                 step(&mut caches, &prompt[6..8], true, "after a rewind");
             }
         }
-        // The fixtures the pass must take: quantized llama-family matrices, biases, NeoX, GeGLU.
+        // The fixtures the pass must take: every family, once its matrices are quantized.
         for expected in [
             Variant::Q8_0.file_name(),
             Variant::Q4KMixed.file_name(),
             Family::Qwen2.file_name(),
             Family::Gemma.file_name(),
+            Family::Starcoder2.file_name(),
         ] {
             assert!(
                 taken.iter().any(|name| name == expected),
