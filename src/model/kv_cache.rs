@@ -217,7 +217,11 @@ impl KvCache {
         values: &Tensor,
     ) -> candle_core::Result<()> {
         let (kv_heads, n, head_dim) = keys.dims3()?;
-        if kv_heads != self.kv_heads || head_dim != self.head_dim || start + n > self.capacity {
+        if kv_heads != self.kv_heads
+            || head_dim != self.head_dim
+            || start + n > self.capacity
+            || values.dims() != keys.dims()
+        {
             return Err(candle_core::Error::Msg(format!(
                 "KV cache write of {:?} at {start} does not fit [{}, {}, {}]",
                 keys.dims(),
@@ -226,45 +230,26 @@ impl KvCache {
                 self.head_dim
             )));
         }
+        if let Storage::Tensors {
+            keys: key_tensors,
+            values: value_tensors,
+        } = &mut self.storage
+        {
+            let dtype = self.kv_type.dtype();
+            key_tensors[layer].slice_set(&keys.to_dtype(dtype)?, 1, start)?;
+            value_tensors[layer].slice_set(&values.to_dtype(dtype)?, 1, start)?;
+            return Ok(());
+        }
+        if n == 0 {
+            return Ok(());
+        }
         let host = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
             t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
         };
         let capacity = self.capacity;
         // Head `h`'s `n` new rows go to rows `start..start + n` of its block of `capacity` rows.
-        let rows =
-            |h: usize| (h * capacity + start) * head_dim..(h * capacity + start + n) * head_dim;
-        let new = |h: usize| h * n * head_dim..(h + 1) * n * head_dim;
-        match &mut self.storage {
-            Storage::F16 {
-                keys: key_buffers,
-                values: value_buffers,
-            } => {
-                let (k, v) = (host(keys)?, host(values)?);
-                for h in 0..kv_heads {
-                    key_buffers[layer][rows(h)].convert_from_f32_slice(&k[new(h)]);
-                    value_buffers[layer][rows(h)].convert_from_f32_slice(&v[new(h)]);
-                }
-            }
-            Storage::F32 {
-                keys: key_buffers,
-                values: value_buffers,
-            } => {
-                let (k, v) = (host(keys)?, host(values)?);
-                for h in 0..kv_heads {
-                    key_buffers[layer][rows(h)].copy_from_slice(&k[new(h)]);
-                    value_buffers[layer][rows(h)].copy_from_slice(&v[new(h)]);
-                }
-            }
-            Storage::Tensors {
-                keys: key_tensors,
-                values: value_tensors,
-            } => {
-                let dtype = self.kv_type.dtype();
-                key_tensors[layer].slice_set(&keys.to_dtype(dtype)?, 1, start)?;
-                value_tensors[layer].slice_set(&values.to_dtype(dtype)?, 1, start)?;
-            }
-        }
-        Ok(())
+        let place = |h: usize| (h * capacity + start) * head_dim;
+        self.store_runs(layer, n * head_dim, &host(keys)?, &host(values)?, place)
     }
 
     /// Writes keys and values given as rows `[n][kv_heads][head_dim]` (the projections' layout)
@@ -292,28 +277,37 @@ impl KvCache {
             let (r, h) = (index / kv_heads, index % kv_heads);
             (h * capacity + start + r) * head_dim
         };
+        self.store_runs(layer, head_dim, keys, values, place)
+    }
+
+    /// Stores `keys` and `values` into one layer of a cache on the host, `run` values at a
+    /// time: run `index` of each goes to `place(index)..` of its buffer, converted to the
+    /// cache's type.
+    fn store_runs(
+        &mut self,
+        layer: usize,
+        run: usize,
+        keys: &[f32],
+        values: &[f32],
+        place: impl Fn(usize) -> usize,
+    ) -> candle_core::Result<()> {
+        let sources = [keys, values];
         match &mut self.storage {
-            Storage::F16 {
-                keys: key_buffers,
-                values: value_buffers,
-            } => scatter_rows(
-                [&mut key_buffers[layer], &mut value_buffers[layer]],
-                [keys, values],
-                head_dim,
+            Storage::F16 { keys, values } => scatter_runs(
+                [&mut keys[layer], &mut values[layer]],
+                sources,
+                run,
                 place,
                 |to, from| to.convert_from_f32_slice(from),
             ),
-            Storage::F32 {
-                keys: key_buffers,
-                values: value_buffers,
-            } => scatter_rows(
-                [&mut key_buffers[layer], &mut value_buffers[layer]],
-                [keys, values],
-                head_dim,
+            Storage::F32 { keys, values } => scatter_runs(
+                [&mut keys[layer], &mut values[layer]],
+                sources,
+                run,
                 place,
                 <[f32]>::copy_from_slice,
             ),
-            Storage::Tensors { .. } => candle_core::bail!("write_rows needs a cache on the host"),
+            Storage::Tensors { .. } => candle_core::bail!("this KV cache is not on the host"),
         }
         Ok(())
     }
@@ -356,19 +350,19 @@ impl KvCache {
     }
 }
 
-/// Stores each `head_dim` run of `rows` (keys, values) at `place(index)` of `buffers`, the
-/// layer's key and value buffers, converting with `store`.
-fn scatter_rows<T>(
+/// Stores each `run`-value piece of `sources` (keys, values) at `place(index)` of `buffers`,
+/// the layer's key and value buffers, converting with `store`.
+fn scatter_runs<T>(
     buffers: [&mut [T]; 2],
-    rows: [&[f32]; 2],
-    head_dim: usize,
+    sources: [&[f32]; 2],
+    run: usize,
     place: impl Fn(usize) -> usize,
     store: impl Fn(&mut [T], &[f32]),
 ) {
-    for (buffer, values) in buffers.into_iter().zip(rows) {
-        for (index, run) in values.chunks_exact(head_dim).enumerate() {
+    for (buffer, values) in buffers.into_iter().zip(sources) {
+        for (index, piece) in values.chunks_exact(run).enumerate() {
             let at = place(index);
-            store(&mut buffer[at..at + head_dim], run);
+            store(&mut buffer[at..at + run], piece);
         }
     }
 }
