@@ -6,12 +6,13 @@
 //! keys (`q·k / sqrt(head_dim)`), takes the softmax in f32 (max-subtracted) and sums the values
 //! with those weights. F16 keys and values are widened on the fly, eight at a time with F16C
 //! where the CPU has it (AVX2, FMA and F16C are detected at run time), so decoding one token
-//! neither copies nor converts the cache. Work is split over (key head × query row) with rayon.
+//! neither copies nor converts the cache. Work is split over (key head × query row) across [`parallel`]'s threads.
 //!
 //! Everything here is plain slices; the model turns tensors into them and back.
 
 use half::f16;
-use rayon::prelude::*;
+
+use super::parallel;
 
 /// The dimensions of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -197,9 +198,10 @@ pub fn attend_with<T: KvElement>(
             .enumerate()
             .for_each(|item| task(&mut scores, item));
     } else {
-        out.par_chunks_mut(chunk)
-            .enumerate()
-            .for_each_init(Vec::new, task);
+        let mut heads: Vec<&mut [f32]> = out.chunks_mut(chunk).collect();
+        parallel::for_each_mut(&mut heads, Vec::new, |scores, index, out| {
+            task(scores, (index, out))
+        });
     }
 }
 

@@ -10,12 +10,11 @@
 //! points), so this path and the tensor path in [`super::llama`] agree to float rounding; the
 //! tensor path stays for GPUs, F16 matrices and candle's own kernels.
 
-use rayon::prelude::*;
-
 use super::attention::{self, AttentionShape};
 use super::config::{LlamaConfig, RopeStyle};
 use super::kernels::{Isa, QMatrix};
 use super::kv_cache::{KvCache, LayerKv};
+use super::parallel;
 
 /// A projection on our kernels, with the bias some families add.
 #[derive(Clone, Copy)]
@@ -116,9 +115,8 @@ fn each_row(data: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync
             .enumerate()
             .for_each(|(i, row)| f(i, row));
     } else {
-        data.par_chunks_exact_mut(width)
-            .enumerate()
-            .for_each(|(i, row)| f(i, row));
+        let mut rows: Vec<&mut [f32]> = data.chunks_exact_mut(width).collect();
+        parallel::for_each_mut(&mut rows, || (), |_, i, row| f(i, row));
     }
 }
 

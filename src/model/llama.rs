@@ -574,9 +574,10 @@ impl Llama {
                 ),
             });
         }
-        // The pass runs on a worker of the CPU pool, so that each of its ~10 parallel regions a
-        // layer starts on a thread that takes part in it: from any other thread, every region
-        // would be handed to the pool and waited for, two thread wake-ups each.
+        // The pass runs on a worker of rayon's pool, so that each candle op of the tensor path
+        // starts on a thread that takes part in it: from any other thread, every op would be
+        // handed to the pool and waited for, two thread wake-ups each. (Our own loops run on
+        // `parallel`'s threads.)
         let logits = rayon::scope(|_| self.forward_inner(tokens, start, cache, all_logits))
             .map_err(|error| ModelError::candle("forward pass", error))?;
         cache.extend(tokens);

@@ -13,6 +13,7 @@ pub mod kernels;
 mod kv_cache;
 mod llama;
 mod loaded;
+pub mod parallel;
 mod projection;
 pub mod sampling;
 pub mod summary;

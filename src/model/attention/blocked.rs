@@ -9,9 +9,8 @@
 //! that the score tile never grows past `tile × KEYS`. Both products are register-blocked
 //! small matrix products, dispatched per [`Isa`].
 
-use rayon::prelude::*;
-
 use super::{AttentionShape, Isa, KvElement, PARALLEL_WORK, exp_shifted};
+use crate::model::parallel;
 
 /// Keys per block (a multiple of 16, the AVX2 tile's width).
 const KEYS: usize = 32;
@@ -59,7 +58,7 @@ pub(super) fn attend<T: KvElement>(
     } = shape;
     // Rows per task; fewer when that leaves threads idle (short chunks).
     let mut rows = (TILE / group).clamp(1, seq);
-    let threads = rayon::current_num_threads();
+    let threads = parallel::threads();
     while rows > 1 && kv_heads * seq.div_ceil(rows) < 2 * threads {
         rows = rows.div_ceil(2);
     }
@@ -85,7 +84,11 @@ pub(super) fn attend<T: KvElement>(
         let mut scratch = Scratch::default();
         tasks.into_iter().for_each(|task| run(&mut scratch, task));
     } else {
-        tasks.into_par_iter().for_each_init(Scratch::default, run);
+        let mut tasks = tasks;
+        parallel::for_each_mut(&mut tasks, Scratch::default, |scratch, _, task| {
+            let (kv_head, first_row, ref mut dst) = *task;
+            run(scratch, (kv_head, first_row, dst))
+        });
     }
     let heads = shape.heads();
     for kv_head in 0..kv_heads {

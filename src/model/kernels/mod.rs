@@ -8,7 +8,7 @@
 //! ([`ActQ8_0`] for the 32-value formats, [`ActQ8K`] for the k-quants), as llama.cpp does, so
 //! the results match its numerics up to the order of float additions. A prompt chunk of `m` rows
 //! reuses each weight tile for up to [`MAX_M`] rows at a time while it is in cache; decoding
-//! (`m = 1`) streams every tile once. The output rows are split across rayon's pool.
+//! (`m = 1`) streams every tile once. The output rows are split across [`parallel`]'s threads.
 //!
 //! Every tier (AVX512-VNNI, AVX2+FMA+F16C, portable) computes the same integer sums; the tests
 //! check each one against a dequantize-and-multiply reference on random blocks.
@@ -135,12 +135,11 @@ mod tests;
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use activations::ActBlock;
 pub use activations::{ActQ8_0, ActQ8K};
 
 use super::gguf::GgmlType;
+use super::parallel;
 
 /// Output rows per tile: one 512-bit register of f32 sums.
 pub const TILE: usize = 16;
@@ -351,12 +350,8 @@ impl QMatrix {
             });
             units += chunks * tiles;
         }
-        // Enough pieces to balance two or more threads, few enough that scheduling is noise.
-        let min_len = (units / (rayon::current_num_threads() * 8)).max(1);
-        (0..units)
-            .into_par_iter()
-            .with_min_len(min_len)
-            .for_each(|unit| {
+        parallel::for_each_range(units, 1, |range| {
+            for unit in range {
                 let Some(job) = jobs.iter().rev().find(|job| job.first_unit <= unit) else {
                     return;
                 };
@@ -374,7 +369,8 @@ impl QMatrix {
                     Weights::Q5_1(packed) => job.unit(packed, isa, &acts.q8_0, rows, tile),
                     Weights::Q5K(packed) => job.unit(packed, isa, &acts.q8k, rows, tile),
                 }
-            });
+            }
+        });
     }
 
     /// The activation format this matrix's kernel takes.
@@ -414,13 +410,16 @@ impl Activations {
 fn quantize<A: activations::ActBlock>(x: &[f32], m: usize, cols: usize) -> Vec<A> {
     let blocks = cols / A::VALUES;
     let mut acts = vec![A::default(); m * blocks];
+    let mut rows: Vec<&mut [A]> = acts.chunks_mut(blocks).collect();
     if m >= 8 {
-        acts.par_chunks_mut(blocks)
-            .zip(x.par_chunks(cols))
-            .for_each(|(q, x)| A::quantize(x, q));
+        parallel::for_each_mut(
+            &mut rows,
+            || (),
+            |_, i, q| A::quantize(&x[i * cols..(i + 1) * cols], q),
+        );
     } else {
-        for (q, x) in acts.chunks_mut(blocks).zip(x.chunks(cols)) {
-            A::quantize(x, q);
+        for (i, q) in rows.iter_mut().enumerate() {
+            A::quantize(&x[i * cols..(i + 1) * cols], q);
         }
     }
     acts
@@ -497,10 +496,12 @@ pub fn use_threads(threads: Option<usize>) {
         // start, so no other thread can be reading the environment.
         unsafe { std::env::set_var("CANDLE_NUM_THREADS", threads.to_string()) };
     }
-    // Fails only if the global pool already exists (a second call), which keeps the first size.
+    parallel::set_threads(threads);
+    // Candle's CPU ops run on rayon's pool. Fails only if the pool already exists (a second
+    // call), which keeps the first size.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
-        .thread_name(|i| format!("codellama-cpu-{i}"))
+        .thread_name(|i| format!("codellama-rayon-{i}"))
         .build_global();
 }
 
