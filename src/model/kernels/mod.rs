@@ -528,8 +528,9 @@ pub fn physical_cores() -> usize {
 
 /// Asks the kernel to back `len` bytes at `ptr` (memory not yet written) with 2 MiB pages where
 /// it can: decoding streams every weight once per token, and with 4 KiB pages each 4 KiB of it
-/// costs a TLB miss.
-fn advise_huge_pages(ptr: *mut u8, len: usize) {
+/// costs a TLB miss. (`bench` advises its bandwidth buffer too, so that the bound it prints is
+/// measured on the same pages.)
+pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
     #[cfg(target_os = "linux")]
     {
         const PAGE: usize = 4096;
