@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use crate::model::gguf::TensorInfo;
+use crate::model::kernels::HugePageBuffer;
 
 /// The buffer `bench` reads: 1 GiB, far beyond any CPU cache.
 pub const DEFAULT_BUFFER_MIB: usize = 1024;
@@ -18,8 +19,8 @@ pub const RUNS: usize = 5;
 /// Bytes of weights one decoded token reads: every tensor once, except the token embedding table,
 /// of which one row is read — unless the model has no `output.weight`, when the table doubles as
 /// the output projection and is read whole. The KV cache is not counted: what it adds depends on
-/// the position and on the cache's storage type, which differs between engines (ours keeps F32
-/// on the CPU, llama.cpp F16), while the weights are the same bytes for both.
+/// the position and on the cache's storage type (`--kv-type`), while the weights are the same
+/// bytes for both engines.
 pub fn weight_bytes_per_token(tensors: &[TensorInfo]) -> u64 {
     let tied = !tensors.iter().any(|t| t.name == "output.weight");
     tensors
@@ -48,15 +49,11 @@ pub fn measure_read(mib: usize, threads: usize, runs: usize) -> Result<f64, Stri
         .checked_mul(1 << 17)
         .ok_or_else(|| format!("a {mib} MiB buffer is too large"))?
         .max(threads * LANES);
-    let mut buffer: Vec<u64> = Vec::new();
-    buffer
-        .try_reserve_exact(words)
-        .map_err(|e| format!("cannot allocate a {mib} MiB buffer: {e}"))?;
-    // On the 2 MiB pages the weights get: with 4 KiB ones the TLB misses make the read slower
-    // than a decode, and the bound would not be a ceiling.
-    crate::model::kernels::advise_huge_pages(buffer.as_mut_ptr().cast(), words * 8);
+    // On 2 MiB pages from end to end, as the repacked weights are: with 4 KiB ones the TLB
+    // misses make the read slower than a decode, and the bound would not be a ceiling.
     // Non-zero, so that every page is really allocated and written before the first run.
-    buffer.resize(words, 0x0101_0101_0101_0101);
+    let buffer = HugePageBuffer::new(words, 0x0101_0101_0101_0101u64)
+        .ok_or_else(|| format!("cannot allocate a {mib} MiB buffer"))?;
     let share = buffer.len().div_ceil(threads);
     let mut best = 0.0f64;
     for _ in 0..runs.max(1) {

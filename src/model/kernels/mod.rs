@@ -125,6 +125,7 @@ mod x86_shared {
 
 mod activations;
 mod legacy;
+mod pages;
 mod q4k;
 mod q5k;
 mod q6k;
@@ -134,9 +135,11 @@ mod tests;
 
 use std::ops::Range;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use activations::ActBlock;
 pub use activations::{ActQ8_0, ActQ8K};
+pub use pages::HugePageBuffer;
 
 use super::gguf::GgmlType;
 use super::parallel;
@@ -217,36 +220,46 @@ enum Weights {
 /// One weight format's tiles: how its activations are quantized and how a tile is multiplied.
 /// Repacked weight blocks, `[tile][block]`: the blocks of a tile of [`TILE`] rows lie together,
 /// in input order, so a tile streams front to back.
-struct Tiles<B> {
-    blocks: Vec<B>,
+struct Tiles<B: Copy> {
+    blocks: HugePageBuffer<B>,
     blocks_per_row: usize,
 }
 
-impl<B: Clone> Tiles<B> {
+impl<B: Copy + Send> Tiles<B> {
     /// Repacks `rows` rows of `blocks_per_row` file blocks of `block_bytes` each:
     /// `pack(raw, r, block)` writes a file block of row `r` (within its tile) into the tile's
-    /// block, which starts as `empty`. `None` when `bytes` is short or `pack` says so.
+    /// block, which starts as `empty`. `None` when `bytes` is short or `pack` says so. The tiles
+    /// are packed in parallel: repacking is most of a model's load time.
     fn pack(
         bytes: &[u8],
         rows: usize,
         blocks_per_row: usize,
         block_bytes: usize,
         empty: B,
-        mut pack: impl FnMut(&[u8], usize, &mut B) -> Option<()>,
+        pack: impl Fn(&[u8], usize, &mut B) -> Option<()> + Sync,
     ) -> Option<Self> {
         let count = rows.div_ceil(TILE) * blocks_per_row;
-        let mut blocks: Vec<B> = Vec::with_capacity(count);
-        advise_huge_pages(blocks.as_mut_ptr().cast(), count * std::mem::size_of::<B>());
-        blocks.resize(count, empty);
-        for row in 0..rows {
-            let (tile, r) = (row / TILE, row % TILE);
-            for b in 0..blocks_per_row {
-                let at = (row * blocks_per_row + b) * block_bytes;
-                let raw = bytes.get(at..)?.get(..block_bytes)?;
-                pack(raw, r, &mut blocks[tile * blocks_per_row + b])?;
-            }
-        }
-        Some(Self {
+        let mut blocks = HugePageBuffer::new(count, empty)?;
+        let failed = AtomicBool::new(false);
+        let mut tiles: Vec<&mut [B]> = blocks.chunks_mut(blocks_per_row.max(1)).collect();
+        parallel::for_each_mut(
+            &mut tiles,
+            || (),
+            |(), tile, blocks| {
+                for r in 0..TILE.min(rows - tile * TILE) {
+                    let row = tile * TILE + r;
+                    for (b, block) in blocks.iter_mut().enumerate() {
+                        let at = (row * blocks_per_row + b) * block_bytes;
+                        let raw = bytes.get(at..).and_then(|rest| rest.get(..block_bytes));
+                        if raw.and_then(|raw| pack(raw, r, block)).is_none() {
+                            failed.store(true, Ordering::Relaxed);
+                            return;
+                        }
+                    }
+                }
+            },
+        );
+        (!failed.into_inner()).then_some(Self {
             blocks,
             blocks_per_row,
         })
@@ -523,24 +536,6 @@ pub fn physical_cores() -> usize {
         allowed
     } else {
         cores.len().min(allowed)
-    }
-}
-
-/// Asks the kernel to back `len` bytes at `ptr` (memory not yet written) with 2 MiB pages where
-/// it can: decoding streams every weight once per token, and with 4 KiB pages each 4 KiB of it
-/// costs a TLB miss. (`bench` advises its bandwidth buffer too, so that the bound it prints is
-/// measured on the same pages.)
-pub fn advise_huge_pages(ptr: *mut u8, len: usize) {
-    #[cfg(target_os = "linux")]
-    {
-        const PAGE: usize = 4096;
-        let start = (ptr as usize).next_multiple_of(PAGE);
-        let end = (ptr as usize + len) / PAGE * PAGE;
-        if end > start {
-            // SAFETY: an advice on pages this allocation owns; it changes no contents, and a
-            // failure (THP off, an old kernel) only leaves the pages small.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
-        }
     }
 }
 
