@@ -229,7 +229,7 @@ impl<B: Copy + Send> Tiles<B> {
     /// Repacks `rows` rows of `blocks_per_row` file blocks of `block_bytes` each:
     /// `pack(raw, r, block)` writes a file block of row `r` (within its tile) into the tile's
     /// block, which starts as `empty`. `None` when `bytes` is short or `pack` says so. The tiles
-    /// are packed in parallel: repacking is most of a model's load time.
+    /// are packed in parallel: with the first write of fresh memory, repacking is most of a load.
     fn pack(
         bytes: &[u8],
         rows: usize,

@@ -11,6 +11,7 @@
 use std::ops::{Deref, DerefMut};
 
 /// The huge page size of x86-64 and of most arm64 kernels.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 const HUGE_PAGE: usize = 2 << 20;
 
 /// `len` values of a plain-data type, on a mapping of their own aligned to [`HUGE_PAGE`] and
