@@ -238,6 +238,10 @@ def machine(ours, server):
                              stderr=subprocess.STDOUT).stdout
     version = " ".join(line.strip() for line in version.splitlines() if line.strip())
     ours_version = run([ours, "--version"], stdout=subprocess.PIPE).stdout.strip()
+    # A lower kernel tier forced on this CPU (to measure the AVX2 kernels on an AVX-512 host).
+    forced = os.environ.get("CODELLAMA_KERNELS")
+    if forced:
+        commit += f", kernels forced to {forced} (CODELLAMA_KERNELS)"
     return {
         "cpu": model,
         "cores": os.cpu_count(),
