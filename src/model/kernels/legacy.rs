@@ -209,7 +209,7 @@ mod x86 {
 
     use super::{ActQ8_0, BLOCK, MAX_M, TILE, TileBlock};
 
-    /// How many tile blocks ahead the AVX2 kernel prefetches (each one to five cache lines).
+    /// How many tile blocks ahead the AVX2 kernel prefetches (a block is 4.5 to 6 cache lines).
     const PREFETCH: usize = 4;
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
