@@ -329,9 +329,9 @@ def bound_shares(row):
 
 
 def median_bandwidth_shares(row, bandwidth_gb_s):
-    """Each engine's (best or median) decode as a share of the bound that the run's median
-    bandwidth sets: one reading of a bandwidth spike beside a run (one in five reads can see
-    twice the usual rate on a shared VM) moves the per-run share, not this one."""
+    """Each engine's (best or median) decode as a share of the bound that the median of all our
+    runs' bandwidth reads sets: one read of a bandwidth spike beside a run (on a shared VM, one
+    read in five came out 1.7x the usual rate) moves the per-run share, not this one."""
     bytes_per_token = row["ours"].get("weight_bytes_per_token")
     if not bandwidth_gb_s or not bytes_per_token:
         return "—", "—"
